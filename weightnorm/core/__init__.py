@@ -1,0 +1,31 @@
+"""Framework-free weight normalization on flat path-keyed dicts.
+
+Imports jax and numpy only. Every adapter (Linen, Haiku, Equinox) maps its
+framework's parameters onto these functions.
+"""
+
+from ._config import FeatureAxes as FeatureAxes
+from ._config import WeightNormConfig as WeightNormConfig
+from ._filters import VariableFilter as VariableFilter
+from ._filters import select as select
+from ._normalize import SCALE_SUFFIX as SCALE_SUFFIX
+from ._normalize import decompose as decompose
+from ._normalize import init_scales as init_scales
+from ._normalize import normalize as normalize
+from ._normalize import scale_shapes as scale_shapes
+from ._tree import flatten as flatten
+from ._tree import unflatten as unflatten
+
+__all__ = [
+    "FeatureAxes",
+    "SCALE_SUFFIX",
+    "VariableFilter",
+    "WeightNormConfig",
+    "decompose",
+    "flatten",
+    "init_scales",
+    "normalize",
+    "scale_shapes",
+    "select",
+    "unflatten",
+]

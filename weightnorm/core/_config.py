@@ -1,0 +1,155 @@
+"""`WeightNormConfig`: every setting of weight normalization in one hashable value."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._filters import VariableFilter, canonical_filter
+
+__all__ = ["WeightNormConfig", "FeatureAxes", "resolve_feature_axes"]
+
+#: One axis, several axes (any order, negatives allowed), or None for one norm
+#: over the whole array.
+FeatureAxes = Union[int, tuple[int, ...], None]
+
+
+def _inexact_dtype(name: str, value: Any) -> np.dtype:
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as error:
+        raise TypeError(f"`{name}` must be a dtype, got {value!r}.") from error
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise ValueError(
+            f"`{name}` must be a floating or complex dtype, got {dtype}."
+        )
+    return dtype
+
+
+def _feature_axes(value: Any) -> FeatureAxes:
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        axes = tuple(value)
+        for axis in axes:
+            if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+                raise TypeError(
+                    f"`feature_axes` must hold ints, got {axis!r} in {value!r}."
+                )
+        axes = tuple(int(axis) for axis in axes)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"`feature_axes` {value!r} names an axis twice.")
+        return axes
+    raise TypeError(
+        f"`feature_axes` must be an int, a tuple of ints or None, got {value!r}."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightNormConfig:
+    """Every setting of weight normalization, with `flax.linen.WeightNorm`'s defaults.
+
+    The config is frozen and hashable, so it can be a static field of a module
+    or a static argument of `jax.jit`. Values are checked and put in a canonical
+    form when it is made: dtypes become `numpy.dtype`s, a list of axes a tuple,
+    and `variable_filter` a frozenset of strings, None or the predicate given.
+
+    Attributes:
+      epsilon: added to the sum of squares inside the square root:
+        `v * rsqrt(sum(v * v) + epsilon)`. Must be >= 0.
+      dtype: dtype of the normalized variables; None means the promoted dtype
+        of the variable and its scale (flax's rule).
+      param_dtype: dtype of the scales that `init_scales` and `decompose` make.
+      use_scale: whether a learnable scale multiplies each normalized variable.
+      scale_init: initializer `(key, shape, dtype) -> array` for the scales.
+      feature_axes: the axes that keep their own norm and scale (an int, a
+        tuple of ints in any order, negatives allowed); every other axis is
+        reduced. None means one norm over the whole array, with a scalar scale.
+      variable_filter: which variables to normalize: None or an empty iterable
+        for every variable, a string or an iterable of strings (a variable is
+        selected when one of them is a substring of its path, flax's rule; a
+        bare string is one item), or a predicate on the '/'-joined path.
+
+    Raises:
+      TypeError, ValueError: for a value of the wrong type or out of range.
+
+    Example:
+      >>> config = WeightNormConfig(feature_axes=(0, -1), variable_filter="kernel")
+      >>> config.variable_filter
+      frozenset({'kernel'})
+      >>> hash(config) == hash(WeightNormConfig(feature_axes=[0, -1], variable_filter={"kernel"}))
+      True
+    """
+
+    epsilon: float = 1e-12
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    use_scale: bool = True
+    scale_init: Callable[..., Any] = jax.nn.initializers.ones
+    feature_axes: FeatureAxes = -1
+    variable_filter: VariableFilter = frozenset({"kernel"})
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__
+        epsilon = self.epsilon
+        if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool):
+            raise TypeError(f"`epsilon` must be a real number, got {epsilon!r}.")
+        if not (float(epsilon) >= 0.0 and np.isfinite(float(epsilon))):
+            raise ValueError(f"`epsilon` must be finite and >= 0, got {epsilon!r}.")
+        set_field(self, "epsilon", float(epsilon))
+        if self.dtype is not None:
+            set_field(self, "dtype", _inexact_dtype("dtype", self.dtype))
+        set_field(self, "param_dtype", _inexact_dtype("param_dtype", self.param_dtype))
+        if not isinstance(self.use_scale, (bool, np.bool_)):
+            raise TypeError(f"`use_scale` must be a bool, got {self.use_scale!r}.")
+        set_field(self, "use_scale", bool(self.use_scale))
+        if not callable(self.scale_init):
+            raise TypeError(
+                "`scale_init` must be an initializer `(key, shape, dtype) -> array`, "
+                f"got {self.scale_init!r}."
+            )
+        set_field(self, "feature_axes", _feature_axes(self.feature_axes))
+        set_field(self, "variable_filter", canonical_filter(self.variable_filter))
+
+    def replace(self, **changes: Any) -> WeightNormConfig:
+        """A copy with some fields changed (and checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_feature_axes(
+    path: str, shape: tuple[int, ...], feature_axes: FeatureAxes
+) -> tuple[int, ...]:
+    """The feature axes of one variable as sorted non-negative ints.
+
+    Raises:
+      ValueError: naming the variable's path and shape when an axis is out of
+        range or two axes name the same dimension.
+    """
+    if feature_axes is None:
+        return ()
+    axes = (feature_axes,) if isinstance(feature_axes, int) else feature_axes
+    ndim = len(shape)
+    resolved = []
+    for axis in axes:
+        if not -ndim <= axis < ndim:
+            raise ValueError(
+                f"Feature axis {axis} is out of range for variable {path!r} with "
+                f"shape {tuple(shape)}: expected an axis in [{-ndim}, {ndim - 1}]. "
+                "Choose `feature_axes` that fit every selected variable, or narrow "
+                "`variable_filter`."
+            )
+        resolved.append(axis % ndim)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(
+            f"`feature_axes` {feature_axes!r} names the same axis twice for "
+            f"variable {path!r} with shape {tuple(shape)}."
+        )
+    return tuple(sorted(resolved))

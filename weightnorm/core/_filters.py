@@ -1,0 +1,87 @@
+"""Which variables get weight-normalized: flax's substring rule, or a predicate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
+
+from ._tree import check_flat
+
+__all__ = ["VariableFilter", "canonical_filter", "matches", "select"]
+
+#: The spellings a filter may take: `None` (every variable), one string or an
+#: iterable of strings (a path matches when one of them is a substring of it,
+#: flax's rule), or a predicate called with the '/'-joined path.
+VariableFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+
+# Canonical form: None (every variable), a frozenset of substrings, or a predicate.
+CanonicalFilter = Union[None, frozenset, Callable[[str], bool]]
+
+
+def canonical_filter(variable_filter: Any) -> CanonicalFilter:
+    """Turns any accepted filter spelling into a hashable canonical form.
+
+    A bare string is one item (`"kernel"`, not its characters: flax iterates a
+    bare string character by character). An empty iterable means every variable,
+    as in flax.
+
+    Raises:
+      TypeError: when an item of an iterable is not a string, or the filter is
+        neither None, a string, an iterable of strings nor a callable.
+    """
+    if variable_filter is None:
+        return None
+    if isinstance(variable_filter, str):
+        return frozenset({variable_filter})
+    if callable(variable_filter) and not isinstance(variable_filter, (frozenset, set)):
+        return variable_filter
+    if isinstance(variable_filter, Mapping) or not isinstance(variable_filter, Iterable):
+        raise TypeError(
+            "`variable_filter` must be None, a string, an iterable of strings "
+            f"or a predicate on the path, got {variable_filter!r}."
+        )
+    items = tuple(variable_filter)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(
+                f"`variable_filter` items must be strings (substrings of a "
+                f"variable's '/'-joined path), got {item!r} "
+                f"({type(item).__name__}) in {variable_filter!r}."
+            )
+    return frozenset(items) or None
+
+
+def matches(canonical: CanonicalFilter, path: str) -> bool:
+    """Whether the variable at `path` is selected by a canonical filter."""
+    if canonical is None:
+        return True
+    if isinstance(canonical, frozenset):
+        return any(item in path for item in canonical)
+    return bool(canonical(path))
+
+
+def select(flat: Mapping[str, Any], variable_filter: VariableFilter) -> list[str]:
+    """The paths of `flat` that a variable filter selects, in `flat`'s order.
+
+    The rule is flax's: an item matches a variable when it is a substring of
+    the variable's path, so `{"kernel"}` selects `"Dense_0/kernel"` and also
+    every variable of a module named `"kernel_proj"`. `None` or an empty
+    iterable selects every variable; a callable is called with each path.
+
+    Args:
+      flat: a flat `{path: array}` dict.
+      variable_filter: None, a string, an iterable of strings, or a predicate.
+
+    Returns:
+      The selected paths.
+
+    Raises:
+      TypeError: for a filter of the wrong type or with a non-string item.
+
+    Example:
+      >>> select({"Dense_0/kernel": 0, "Dense_0/bias": 0}, {"kernel"})
+      ['Dense_0/kernel']
+    """
+    check_flat(flat)
+    canonical = canonical_filter(variable_filter)
+    return [path for path in flat if matches(canonical, path)]

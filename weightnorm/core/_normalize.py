@@ -1,0 +1,314 @@
+"""The math of weight normalization on flat dicts: scales, normalize, decompose."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._config import WeightNormConfig, resolve_feature_axes
+from ._filters import matches
+from ._tree import check_flat
+
+__all__ = ["scale_shapes", "init_scales", "normalize", "decompose", "SCALE_SUFFIX"]
+
+#: Scales are keyed by the variable's path plus this suffix, as in flax.
+SCALE_SUFFIX = "/scale"
+
+
+class _Target(NamedTuple):
+    """One selected variable and how it is reduced."""
+
+    path: str
+    shape: tuple[int, ...]
+    feature_axes: tuple[int, ...]
+
+    @property
+    def scale_key(self) -> str:
+        return self.path + SCALE_SUFFIX
+
+    @property
+    def scale_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[axis] for axis in self.feature_axes)
+
+    @property
+    def reduction_axes(self) -> tuple[int, ...]:
+        return tuple(a for a in range(len(self.shape)) if a not in self.feature_axes)
+
+    @property
+    def broadcast_shape(self) -> tuple[int, ...]:
+        """The scale's shape with size-1 dimensions at the reduced axes."""
+        return tuple(
+            size if axis in self.feature_axes else 1
+            for axis, size in enumerate(self.shape)
+        )
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, WeightNormConfig):
+        raise TypeError(
+            f"Expected a WeightNormConfig, got {type(config).__name__}. "
+            "Make one with `WeightNormConfig(...)`."
+        )
+
+
+def _dtype_of(path: str, leaf: Any) -> np.dtype:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(leaf).dtype
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise ValueError(
+            f"Variable {path!r} has dtype {dtype}, but weight normalization needs "
+            "a floating or complex array. Narrow `variable_filter` so that it "
+            "does not select it."
+        )
+    return dtype
+
+
+def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]:
+    """The selected variables of `flat`, checked against the config."""
+    check_flat(flat)
+    _check_config(config)
+    targets = []
+    for path, leaf in flat.items():
+        if not matches(config.variable_filter, path):
+            continue
+        _dtype_of(path, leaf)
+        shape = tuple(np.shape(leaf))
+        axes = resolve_feature_axes(path, shape, config.feature_axes)
+        targets.append(_Target(path, shape, axes))
+    return targets
+
+
+def scale_shapes(
+    flat: Mapping[str, Any], config: WeightNormConfig
+) -> dict[str, tuple[int, ...]]:
+    """The shape of the scale of every selected variable.
+
+    A scale has one entry per feature: its shape is the variable's sizes at the
+    feature axes, in sorted axis order (flax's shapes). `feature_axes=None`
+    gives a scalar scale `()`. With `use_scale=False` there are no scales.
+
+    Args:
+      flat: a flat `{path: array}` dict; only shapes and dtypes are read, so
+        `jax.ShapeDtypeStruct`s work too.
+      config: the weight-norm settings.
+
+    Returns:
+      `{"<path>/scale": shape}` for each selected variable, in `flat`'s order.
+
+    Raises:
+      ValueError: naming the path and shape when a feature axis is out of range
+        for a selected variable, or a selected variable is not floating.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> scale_shapes({"Conv_0/kernel": jnp.zeros((3, 3, 2, 8))}, WeightNormConfig())
+      {'Conv_0/kernel/scale': (8,)}
+    """
+    targets = _targets(flat, config)
+    if not config.use_scale:
+        return {}
+    return {t.scale_key: t.scale_shape for t in targets}
+
+
+def init_scales(
+    flat: Mapping[str, Any], config: WeightNormConfig, key: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """New scales for every selected variable, made by `config.scale_init`.
+
+    Each scale gets its own key, split from `key` in `flat`'s order.
+
+    Args:
+      flat: a flat `{path: array}` dict.
+      config: the weight-norm settings (`scale_init`, `param_dtype`).
+      key: a PRNG key; may be None when `scale_init` needs no randomness
+        (the default `ones` does not).
+
+    Returns:
+      `{"<path>/scale": array}` shaped as `scale_shapes` says, in
+      `config.param_dtype`; empty when `use_scale=False`.
+
+    Raises:
+      ValueError: as `scale_shapes`; also when `scale_init` returns an array of
+        the wrong shape, or fails without a key.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> init_scales({"Dense_0/kernel": jnp.zeros((2, 3))}, WeightNormConfig())
+      {'Dense_0/kernel/scale': Array([1., 1., 1.], dtype=float32)}
+    """
+    shapes = scale_shapes(flat, config)
+    if not shapes:
+        return {}
+    keys = [None] * len(shapes) if key is None else list(jax.random.split(key, len(shapes)))
+    scales = {}
+    for (name, shape), scale_key in zip(shapes.items(), keys):
+        try:
+            scale = config.scale_init(scale_key, shape, config.param_dtype)
+        except Exception as error:
+            if key is None:
+                raise ValueError(
+                    f"`scale_init` failed for {name!r} without a PRNG key ({error}). "
+                    "Pass `key=jax.random.key(...)`."
+                ) from error
+            raise
+        if tuple(jnp.shape(scale)) != shape:
+            raise ValueError(
+                f"`scale_init` returned shape {tuple(jnp.shape(scale))} for {name!r}, "
+                f"expected {shape}."
+            )
+        scales[name] = scale
+    return scales
+
+
+def _check_scales(
+    scales: Mapping[str, Any] | None, targets: list[_Target], config: WeightNormConfig
+) -> None:
+    given = {} if scales is None else scales
+    if not isinstance(given, Mapping):
+        raise TypeError(
+            f"`scales` must be a dict {{'<path>/scale': array}}, got {type(scales).__name__}."
+        )
+    if not config.use_scale:
+        if given:
+            raise ValueError(
+                f"`use_scale=False` takes no scales, but got {sorted(given)}. "
+                "Pass `scales=None` or set `use_scale=True`."
+            )
+        return
+    wanted = {t.scale_key: t.scale_shape for t in targets}
+    missing = [name for name in wanted if name not in given]
+    extra = sorted(set(given) - set(wanted))
+    if missing or extra:
+        raise ValueError(
+            f"The scales do not match the selected variables: missing {missing}, "
+            f"unexpected {extra}. Make them with `init_scales(flat, config, key)` "
+            "or `decompose(flat, config)`."
+        )
+    for name, shape in wanted.items():
+        got = tuple(np.shape(given[name]))
+        if got != shape:
+            raise ValueError(
+                f"Scale {name!r} has shape {got}, expected {shape} (the sizes of "
+                f"the feature axes of {name[: -len(SCALE_SUFFIX)]!r})."
+            )
+
+
+def _squares(value: jax.Array) -> jax.Array:
+    """|v|^2 elementwise; for real arrays exactly `v * v`, as flax computes it."""
+    if jnp.iscomplexobj(value):
+        return lax.square(jnp.real(value)) + lax.square(jnp.imag(value))
+    return value * value
+
+
+def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
+    """flax's `canonicalize_dtype`: the given dtype, else the promoted inexact one."""
+    if config.dtype is not None:
+        return config.dtype
+    return jnp.result_type(*arrays)
+
+
+def _normalize_leaf(
+    target: _Target, value: Any, scale: Any, config: WeightNormConfig
+) -> jax.Array:
+    value = jnp.asarray(value)
+    sum_of_squares = _squares(value).sum(axis=target.reduction_axes, keepdims=True)
+    normalized = value * lax.rsqrt(sum_of_squares + config.epsilon)
+    if scale is None:
+        return jnp.asarray(normalized, _result_dtype(config, value))
+    scale = jnp.asarray(scale)
+    normalized = normalized * scale.reshape(target.broadcast_shape)
+    return jnp.asarray(normalized, _result_dtype(config, value, scale))
+
+
+def normalize(
+    flat: Mapping[str, Any],
+    scales: Mapping[str, Any] | None,
+    config: WeightNormConfig,
+) -> dict[str, jax.Array]:
+    """Weight-normalizes the selected variables of a flat dict.
+
+    Each selected variable `v` becomes
+    `scale * v * rsqrt(sum(|v|^2 over the non-feature axes) + epsilon)`
+    (without `scale` when `use_scale=False`), cast to `config.dtype` or, when
+    that is None, to the promoted dtype of `v` and its scale. For real arrays
+    the operations and their order are flax's, so results are bitwise equal to
+    `flax.linen.WeightNorm`'s. Other variables are returned untouched.
+
+    Args:
+      flat: a flat `{path: array}` dict: the directions `v`.
+      scales: `{"<path>/scale": array}` for every selected variable, shaped as
+        `scale_shapes` says; None or empty when `use_scale=False`.
+      config: the weight-norm settings.
+
+    Returns:
+      A dict with the same keys, in the same order, as `flat`.
+
+    Raises:
+      ValueError: naming the path when a scale is missing, unexpected or of the
+        wrong shape, or a feature axis does not fit a selected variable.
+      TypeError: for a `flat`, `scales` or `config` of the wrong type.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> flat = {"Dense_0/kernel": jnp.array([[3.0], [4.0]]), "Dense_0/bias": jnp.ones(1)}
+      >>> out = normalize(flat, {"Dense_0/kernel/scale": jnp.array([10.0])}, WeightNormConfig())
+      >>> out["Dense_0/kernel"].ravel().tolist(), out["Dense_0/bias"].tolist()
+      ([6.0, 8.0], [1.0])
+    """
+    targets = _targets(flat, config)
+    _check_scales(scales, targets, config)
+    out = dict(flat)
+    for target in targets:
+        scale = scales[target.scale_key] if config.use_scale else None
+        out[target.path] = _normalize_leaf(target, flat[target.path], scale, config)
+    return out
+
+
+def decompose(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, jax.Array]:
+    """Scales that make `normalize` give back `flat` itself.
+
+    For every selected variable `w` the scale is its norm over the non-feature
+    axes, epsilon included: `g = sqrt(sum(|w|^2) + epsilon)`, so that
+    `normalize(flat, decompose(flat, config), config)` equals `flat` up to
+    rounding. This turns a plain trained model into a weight-normed one whose
+    outputs are unchanged (`w` itself serves as the direction `v`).
+
+    Args:
+      flat: a flat `{path: array}` dict of plain weights.
+      config: the weight-norm settings; `use_scale` must be True.
+
+    Returns:
+      `{"<path>/scale": array}` in `config.param_dtype`.
+
+    Raises:
+      ValueError: when `use_scale=False` (a unit-norm parametrisation cannot
+        hold an arbitrary weight), and as `scale_shapes`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> decompose({"Dense_0/kernel": jnp.array([[3.0], [4.0]])}, WeightNormConfig())
+      {'Dense_0/kernel/scale': Array([5.], dtype=float32)}
+    """
+    _check_config(config)
+    if not config.use_scale:
+        raise ValueError(
+            "`decompose` needs `use_scale=True`: with `use_scale=False` every "
+            "normalized variable has unit norm, so there is no scale to hold the "
+            "weights' norms."
+        )
+    scales = {}
+    for target in _targets(flat, config):
+        value = jnp.asarray(flat[target.path])
+        sum_of_squares = _squares(value).sum(axis=target.reduction_axes)
+        norm = jnp.sqrt(sum_of_squares + config.epsilon)
+        scales[target.scale_key] = jnp.asarray(norm, config.param_dtype).reshape(
+            target.scale_shape
+        )
+    return scales
