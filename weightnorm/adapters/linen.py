@@ -141,4 +141,3 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
       ValueError: listing the keys that `flat` lacks or has in excess.
     """
     return core.unflatten(flat, like=like)
-

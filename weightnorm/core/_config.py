@@ -26,9 +26,7 @@ def _inexact_dtype(name: str, value: Any) -> np.dtype:
     except TypeError as error:
         raise TypeError(f"`{name}` must be a dtype, got {value!r}.") from error
     if not jnp.issubdtype(dtype, jnp.inexact):
-        raise ValueError(
-            f"`{name}` must be a floating or complex dtype, got {dtype}."
-        )
+        raise ValueError(f"`{name}` must be a floating or complex dtype, got {dtype}.")
     return dtype
 
 
@@ -41,16 +39,12 @@ def _feature_axes(value: Any) -> FeatureAxes:
         axes = tuple(value)
         for axis in axes:
             if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
-                raise TypeError(
-                    f"`feature_axes` must hold ints, got {axis!r} in {value!r}."
-                )
+                raise TypeError(f"`feature_axes` must hold ints, got {axis!r} in {value!r}.")
         axes = tuple(int(axis) for axis in axes)
         if len(set(axes)) != len(axes):
             raise ValueError(f"`feature_axes` {value!r} names an axis twice.")
         return axes
-    raise TypeError(
-        f"`feature_axes` must be an int, a tuple of ints or None, got {value!r}."
-    )
+    raise TypeError(f"`feature_axes` must be an int, a tuple of ints or None, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,8 +43,7 @@ class _Target(NamedTuple):
     def broadcast_shape(self) -> tuple[int, ...]:
         """The scale's shape with size-1 dimensions at the reduced axes."""
         return tuple(
-            size if axis in self.feature_axes else 1
-            for axis, size in enumerate(self.shape)
+            size if axis in self.feature_axes else 1 for axis, size in enumerate(self.shape)
         )
 
 
@@ -85,9 +84,7 @@ def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]
     return targets
 
 
-def scale_shapes(
-    flat: Mapping[str, Any], config: WeightNormConfig
-) -> dict[str, tuple[int, ...]]:
+def scale_shapes(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, tuple[int, ...]]:
     """The shape of the scale of every selected variable.
 
     A scale has one entry per feature: its shape is the variable's sizes at the
@@ -214,9 +211,7 @@ def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
     return jnp.result_type(*arrays)
 
 
-def _normalize_leaf(
-    target: _Target, value: Any, scale: Any, config: WeightNormConfig
-) -> jax.Array:
+def _normalize_leaf(target: _Target, value: Any, scale: Any, config: WeightNormConfig) -> jax.Array:
     value = jnp.asarray(value)
     sum_of_squares = _squares(value).sum(axis=target.reduction_axes, keepdims=True)
     normalized = value * lax.rsqrt(sum_of_squares + config.epsilon)
@@ -308,7 +303,5 @@ def decompose(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, ja
         value = jnp.asarray(flat[target.path])
         sum_of_squares = _squares(value).sum(axis=target.reduction_axes)
         norm = jnp.sqrt(sum_of_squares + config.epsilon)
-        scales[target.scale_key] = jnp.asarray(norm, config.param_dtype).reshape(
-            target.scale_shape
-        )
+        scales[target.scale_key] = jnp.asarray(norm, config.param_dtype).reshape(target.scale_shape)
     return scales

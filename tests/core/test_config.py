@@ -1,0 +1,110 @@
+"""WeightNormConfig: flax's defaults, canonical and hashable, loud on bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from weightnorm.core import WeightNormConfig, select
+
+
+def test_defaults_are_flax_linen_weight_norm_defaults():
+    flax_fields = {f.name: f for f in dataclasses.fields(nn.WeightNorm)}
+    ours = WeightNormConfig()
+    for field in dataclasses.fields(WeightNormConfig):
+        flax_field = flax_fields[field.name]
+        flax_default = (
+            flax_field.default_factory()
+            if flax_field.default is dataclasses.MISSING
+            else flax_field.default
+        )
+        assert getattr(ours, field.name) == flax_default, field.name
+
+
+def test_config_is_hashable_and_equal_by_value():
+    a = WeightNormConfig(feature_axes=[0, -1], variable_filter=["kernel", "Baz"])
+    b = WeightNormConfig(feature_axes=(0, -1), variable_filter={"Baz", "kernel"})
+    assert a == b
+    assert hash(a) == hash(b)
+    assert WeightNormConfig(param_dtype="bfloat16") == WeightNormConfig(param_dtype=jnp.bfloat16)
+
+
+def test_config_is_a_valid_static_jit_argument():
+    traces = []
+
+    def f(x, config):
+        traces.append(config)
+        return x * config.epsilon
+
+    jitted = jax.jit(f, static_argnums=1)
+    jitted(1.0, WeightNormConfig(variable_filter="kernel"))
+    jitted(1.0, WeightNormConfig(variable_filter={"kernel"}))
+    assert len(traces) == 1
+
+
+def test_bare_string_filter_is_one_item_not_its_characters():
+    config = WeightNormConfig(variable_filter="kernel")
+    assert config.variable_filter == frozenset({"kernel"})
+    assert select({"Dense_0/kernel": 0, "Dense_0/bias": 0}, "kernel") == ["Dense_0/kernel"]
+
+
+@pytest.mark.parametrize("empty", [None, set(), (), []])
+def test_empty_filter_selects_every_variable(empty):
+    assert WeightNormConfig(variable_filter=empty).variable_filter is None
+    assert select({"a/kernel": 0, "a/bias": 0}, empty) == ["a/kernel", "a/bias"]
+
+
+def test_filter_uses_flax_substring_rule_including_module_names():
+    flat = {"kernel_proj/bias": 0, "Dense_0/kernel": 0, "Baz_0/Dense_0/bias": 0, "x/bias": 0}
+    assert select(flat, {"kernel", "Baz"}) == [
+        "kernel_proj/bias",
+        "Dense_0/kernel",
+        "Baz_0/Dense_0/bias",
+    ]
+
+
+def test_predicate_filter():
+    flat = {"mlp/~/linear_0/w": 0, "wide/b": 0}
+    assert select(flat, lambda path: path.rsplit("/", 1)[-1] == "w") == ["mlp/~/linear_0/w"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"variable_filter": {"kernel", 3}}, TypeError, r"must be strings .*got 3 \(int\)"),
+        ({"variable_filter": 3}, TypeError, "variable_filter"),
+        ({"variable_filter": {"kernel": 1}}, TypeError, "variable_filter"),
+        ({"feature_axes": (0, 0)}, ValueError, "names an axis twice"),
+        ({"feature_axes": 1.0}, TypeError, "feature_axes"),
+        ({"feature_axes": (0, "1")}, TypeError, "must hold ints"),
+        ({"feature_axes": True}, TypeError, "feature_axes"),
+        ({"epsilon": -1e-3}, ValueError, "epsilon"),
+        ({"epsilon": float("nan")}, ValueError, "epsilon"),
+        ({"epsilon": "small"}, TypeError, "epsilon"),
+        ({"param_dtype": jnp.int32}, ValueError, "param_dtype.*floating"),
+        ({"dtype": "not-a-dtype"}, TypeError, "`dtype` must be a dtype"),
+        ({"use_scale": 1}, TypeError, "use_scale"),
+        ({"scale_init": 1.0}, TypeError, "scale_init"),
+    ],
+)
+def test_invalid_values_raise_clear_errors(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        WeightNormConfig(**kwargs)
+
+
+def test_replace_checks_again():
+    config = WeightNormConfig()
+    assert config.replace(feature_axes=[1]).feature_axes == (1,)
+    with pytest.raises(ValueError, match="epsilon"):
+        config.replace(epsilon=-1.0)
+
+
+def test_dtypes_are_canonical_numpy_dtypes():
+    config = WeightNormConfig(dtype=jnp.bfloat16)
+    assert config.dtype == np.dtype(jnp.bfloat16)
+    assert config.param_dtype == np.dtype("float32")
