@@ -5,8 +5,8 @@ jax. Framework wrappers live in `weightnorm.adapters.linen`, `.haiku` and
 `.equinox`, each importing only its own framework.
 """
 
-from .core import FeatureAxes as FeatureAxes
 from .core import SCALE_SUFFIX as SCALE_SUFFIX
+from .core import FeatureAxes as FeatureAxes
 from .core import VariableFilter as VariableFilter
 from .core import WeightNormConfig as WeightNormConfig
 from .core import decompose as decompose

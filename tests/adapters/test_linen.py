@@ -76,14 +76,11 @@ def test_fields_and_defaults_match_flax():
     import dataclasses
 
     def fields(cls):
-        return {
-            f.name: (
-                f.default,
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None,
-            )
-            for f in dataclasses.fields(cls)
-            if f.name not in ("parent", "name")
-        }
+        out = {}
+        for f in dataclasses.fields(cls):
+            has_factory = f.default_factory is not dataclasses.MISSING
+            out[f.name] = (f.default, f.default_factory() if has_factory else None)
+        return {name: value for name, value in out.items() if name not in ("parent", "name")}
 
     assert fields(wl.WeightNorm) == fields(nn.WeightNorm)
 

@@ -194,7 +194,7 @@ def test_init_scales_uses_scale_init_param_dtype_and_distinct_keys():
 
 def test_init_scales_without_key_for_a_random_init_says_to_pass_one():
     config = WeightNormConfig(scale_init=jax.nn.initializers.normal(1.0))
-    with pytest.raises(ValueError, match="'a/kernel/scale'.*Pass `key="):
+    with pytest.raises(ValueError, match=r"'a/kernel/scale'.*Pass `key="):
         init_scales({"a/kernel": jnp.zeros((2, 3))}, config)
 
 

@@ -63,7 +63,7 @@ def test_unflatten_without_like_splits_on_separator():
 
 
 def test_unflatten_without_like_rejects_leaf_that_is_also_a_subtree():
-    with pytest.raises(ValueError, match="'a'.*leaf"):
+    with pytest.raises(ValueError, match=r"'a'.*leaf"):
         unflatten({"a": 1, "a/b": 2})
     with pytest.raises(ValueError, match="both a leaf and a subtree"):
         unflatten({"a/b": 2, "a": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ __all__ = ["WeightNormConfig", "FeatureAxes", "resolve_feature_axes"]
 
 #: One axis, several axes (any order, negatives allowed), or None for one norm
 #: over the whole array.
-FeatureAxes = Union[int, tuple[int, ...], None]
+FeatureAxes = int | tuple[int, ...] | None
 
 
 def _inexact_dtype(name: str, value: Any) -> np.dtype:

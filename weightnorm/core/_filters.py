@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 from ._tree import check_flat
 
@@ -12,10 +12,10 @@ __all__ = ["VariableFilter", "canonical_filter", "matches", "select"]
 #: The spellings a filter may take: `None` (every variable), one string or an
 #: iterable of strings (a path matches when one of them is a substring of it,
 #: flax's rule), or a predicate called with the '/'-joined path.
-VariableFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+VariableFilter = str | Iterable[str] | Callable[[str], bool] | None
 
 # Canonical form: None (every variable), a frozenset of substrings, or a predicate.
-CanonicalFilter = Union[None, frozenset, Callable[[str], bool]]
+CanonicalFilter = frozenset | Callable[[str], bool] | None
 
 
 def canonical_filter(variable_filter: Any) -> CanonicalFilter:

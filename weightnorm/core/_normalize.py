@@ -145,7 +145,7 @@ def init_scales(
         return {}
     keys = [None] * len(shapes) if key is None else list(jax.random.split(key, len(shapes)))
     scales = {}
-    for (name, shape), scale_key in zip(shapes.items(), keys):
+    for (name, shape), scale_key in zip(shapes.items(), keys, strict=True):
         try:
             scale = config.scale_init(scale_key, shape, config.param_dtype)
         except Exception as error:
