@@ -1,0 +1,258 @@
+"""Equinox adapter: a weight-norm wrapper around any `eqx.Module`.
+
+The wrapper stores the raw directions `v` (inside the wrapped layer) and the
+scales `g`; the math is the core's. Where `equinox.nn.WeightNorm` falls short
+this one differs: an `epsilon` keeps all-zero weights finite, every argument
+(`key=`, a `state`, ...) reaches the wrapped layer, every affine weight inside
+a whole model is normalized (not one named attribute of one layer), and two
+identically built wrappers are `eqx.tree_equal`, so `eqx.filter_jit` does not
+retrace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+try:
+    import equinox as eqx
+except ImportError as error:  # pragma: no cover - exercised in a test that hides equinox
+    raise ImportError(
+        "weightnorm.adapters.equinox needs equinox: pip install 'weightnorm[equinox]'"
+    ) from error
+import jax
+import jax.numpy as jnp
+
+from .. import core
+
+__all__ = ["WeightNorm", "PathFilter", "affine_weights", "flatten", "unflatten"]
+
+_Layer = TypeVar("_Layer")
+
+#: The layers whose `weight` the default filter selects (subclasses included:
+#: `Conv1d/2d/3d`, `ConvTranspose1d/2d/3d`, user subclasses).
+_AFFINE_LAYERS = (eqx.nn.Linear, eqx.nn.Conv, eqx.nn.ConvTranspose)
+
+
+class _AffineWeights:
+    """Sentinel default of `WeightNorm`'s `variable_filter`."""
+
+    def __repr__(self) -> str:
+        return "<weights of affine layers>"
+
+
+_AFFINE_WEIGHTS = _AffineWeights()
+
+
+@dataclasses.dataclass(frozen=True)
+class PathFilter:
+    """A variable filter that selects an exact set of '/'-joined paths.
+
+    Hashable and equal by value, so a config holding it can be a static field:
+    two wrappers built alike compare equal and `eqx.filter_jit` reuses its trace.
+
+    Attributes:
+      paths: the selected paths, e.g. `frozenset({"layers/0/weight"})`.
+
+    Example:
+      >>> PathFilter(frozenset({"weight"}))("weight"), PathFilter(frozenset({"weight"}))("bias")
+      (True, False)
+    """
+
+    paths: frozenset[str]
+
+    def __post_init__(self) -> None:
+        paths = frozenset(self.paths)
+        for path in paths:
+            if not isinstance(path, str):
+                raise TypeError(f"`PathFilter` paths must be strings, got {path!r}.")
+        object.__setattr__(self, "paths", paths)
+
+    def __call__(self, path: str) -> bool:
+        return path in self.paths
+
+    def __repr__(self) -> str:
+        return f"PathFilter({sorted(self.paths)!r})"
+
+
+def _is_state_index(node: Any) -> bool:
+    return isinstance(node, eqx.nn.StateIndex)
+
+
+def _split_params(module: Any) -> tuple[Any, Any]:
+    """(inexact arrays, everything else) of a module.
+
+    The initial values inside `eqx.nn.StateIndex` are state, not parameters,
+    so they go with the rest whatever the filter says.
+    """
+    return eqx.partition(module, eqx.is_inexact_array, is_leaf=_is_state_index)
+
+
+def affine_weights(layer: Any) -> PathFilter:
+    """The default filter: the `weight` of every Linear, Conv and ConvTranspose in `layer`.
+
+    Subclasses count (`Conv2d`, `ConvTranspose1d`, ...). LayerNorm, GroupNorm,
+    Embedding and every bias are left out.
+
+    Args:
+      layer: an Equinox module (or any pytree holding modules).
+
+    Returns:
+      A `PathFilter` of the paths of those weights, keyed as `flatten` keys them.
+
+    Example:
+      >>> import jax, equinox as eqx
+      >>> mlp = eqx.nn.MLP(2, 3, width_size=4, depth=1, key=jax.random.key(0))
+      >>> affine_weights(mlp)
+      PathFilter(['layers/0/weight', 'layers/1/weight'])
+    """
+    found = jax.tree_util.tree_flatten_with_path(
+        layer, is_leaf=lambda node: isinstance(node, _AFFINE_LAYERS)
+    )[0]
+    weight = jax.tree_util.GetAttrKey("weight")
+    return PathFilter(
+        frozenset(
+            jax.tree_util.keystr((*key_path, weight), simple=True, separator="/")
+            for key_path, node in found
+            if isinstance(node, _AFFINE_LAYERS) and node.weight is not None
+        )
+    )
+
+
+class WeightNorm(eqx.Module, Generic[_Layer]):
+    """L2 weight normalization (Salimans & Kingma 2016) of a wrapped Equinox module.
+
+    For the call, each selected array `v` of `layer` is replaced by
+    `scale * v * rsqrt(sum(v * v over the non-feature axes) + epsilon)`; the
+    stored `layer` keeps the raw directions `v`, which are what is trained.
+    By default the `weight` of every `eqx.nn.Linear`, `Conv*` and
+    `ConvTranspose*` anywhere inside `layer` is normalized per output feature
+    (axis 0, Equinox's `(out, in, ...)` layout).
+
+    Attributes:
+      layer: the wrapped module, holding the directions `v`.
+      scales: `{"<path in layer>/scale": array}`, e.g. `"weight/scale"` for a
+        Linear, `"layers/0/weight/scale"` for an `eqx.nn.MLP`.
+      config: the settings, a static (hashable, equal-by-value) field.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, equinox as eqx
+      >>> model = WeightNorm(eqx.nn.Linear(2, 3, key=jax.random.key(0)))
+      >>> {name: scale.shape for name, scale in model.scales.items()}
+      {'weight/scale': (3,)}
+      >>> model(jnp.ones(2)).shape
+      (3,)
+    """
+
+    layer: _Layer
+    scales: dict[str, jax.Array]
+    config: core.WeightNormConfig = eqx.field(static=True)
+
+    def __init__(
+        self,
+        layer: _Layer,
+        *,
+        epsilon: float = 1e-12,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Any = jax.nn.initializers.ones,
+        feature_axes: core.FeatureAxes = 0,
+        variable_filter: Any = _AFFINE_WEIGHTS,
+        key: jax.Array | None = None,
+    ) -> None:
+        """Wraps `layer` and makes the scales of its selected arrays.
+
+        Args:
+          layer: the module to wrap; its selected arrays become the directions.
+          epsilon: added to the sum of squares inside the square root; keeps
+            all-zero weights (and their gradients) finite.
+          dtype: dtype of the normalized arrays (default: promoted from the
+            array and its scale).
+          param_dtype: dtype of the scales.
+          use_scale: whether to learn a scale per feature.
+          scale_init: initializer `(key, shape, dtype) -> array` of the scales.
+          feature_axes: axes that keep their own norm and scale (default 0, the
+            output axis of Equinox weights); None for one norm per array.
+          variable_filter: which arrays to normalize. Default: the `weight` of
+            every affine layer (see `affine_weights`). Otherwise None for every
+            floating array, a string or strings (substrings of the '/'-joined
+            path, e.g. `"weight"`), or a predicate on the path (a `PathFilter`
+            or a module-level function keeps equal wrappers equal; a fresh
+            lambda per wrapper does not). Initial values inside an
+            `eqx.nn.StateIndex` are state and never selected.
+          key: PRNG key for `scale_init`; may be None when it is deterministic.
+
+        Raises:
+          ValueError: naming the path and shape when a feature axis does not
+            fit a selected array; when `scale_init` needs a key and none is given.
+          TypeError: for settings of the wrong type.
+        """
+        if variable_filter is _AFFINE_WEIGHTS:
+            variable_filter = affine_weights(layer)
+        config = core.WeightNormConfig(
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_scale=use_scale,
+            scale_init=scale_init,
+            feature_axes=feature_axes,
+            variable_filter=variable_filter,
+        )
+        params, _ = _split_params(layer)
+        self.layer = layer
+        self.scales = core.init_scales(core.flatten(params), config, key)
+        self.config = config
+
+    def normalized_layer(self) -> _Layer:
+        """The wrapped layer with its selected arrays replaced by `g * v / ||v||`.
+
+        The stored `layer` is not changed. Useful to export a plain module.
+        """
+        params, rest = _split_params(self.layer)
+        normalized = core.normalize(core.flatten(params), self.scales, self.config)
+        return eqx.combine(core.unflatten(normalized, like=params), rest)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the wrapped layer with normalized weights.
+
+        Every argument (`x`, `key=`, a `state`, ...) is passed through unchanged,
+        and the layer's return value (e.g. `(y, state)`) is returned as it is.
+        """
+        return self.normalized_layer()(*args, **kwargs)
+
+
+def flatten(module: Any) -> dict[str, Any]:
+    """The array leaves of an Equinox module as a flat `{"a/b/c": array}` dict.
+
+    Non-array fields (activations, static settings) are left out. Keys of
+    WeightNorm scales contain '/', so rebuild with `unflatten(flat, like)`.
+
+    Example:
+      >>> import jax, equinox as eqx
+      >>> mlp = eqx.nn.MLP(2, 3, width_size=4, depth=1, key=jax.random.key(0))
+      >>> list(flatten(mlp))
+      ['layers/0/weight', 'layers/0/bias', 'layers/1/weight', 'layers/1/bias']
+    """
+    return core.flatten(eqx.filter(module, eqx.is_array))
+
+
+def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
+    """A module of `like`'s structure with the arrays of `flat`, the inverse of `flatten`.
+
+    `like`'s non-array parts (activations, static fields) are kept; its arrays
+    are replaced.
+
+    Raises:
+      ValueError: listing the keys that `flat` lacks or has in excess.
+
+    Example:
+      >>> import jax, equinox as eqx
+      >>> linear = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+      >>> zeroed = unflatten(jax.tree.map(jax.numpy.zeros_like, flatten(linear)), like=linear)
+      >>> float(abs(zeroed.weight).sum()), zeroed.out_features
+      (0.0, 3)
+    """
+    arrays, rest = eqx.partition(like, eqx.is_array)
+    return eqx.combine(core.unflatten(flat, like=arrays), rest)
