@@ -1,0 +1,8 @@
+"""Command line: `python -m weightnorm demo`."""
+
+import sys
+
+from ._demo import main
+
+if __name__ == "__main__":
+    sys.exit(main())
