@@ -349,3 +349,20 @@ def test_flatten_unflatten_round_trip_real_variables():
     assert_same_variables(wl.unflatten(flat, like=variables), variables)
     with pytest.raises(ValueError, match=r"missing keys \['params/Dense_0/bias'\]"):
         wl.unflatten({k: v for k, v in flat.items() if k != "params/Dense_0/bias"}, like=variables)
+
+
+def test_duplicate_feature_axes_raise_where_flax_merges_them():
+    x = jnp.ones((1, 3))
+    theirs = nn.WeightNorm(nn.Dense(4), feature_axes=(1, -1)).init(jax.random.key(0), x)
+    assert theirs["params"]["layer_instance/kernel/scale"].shape == (4,)
+    with pytest.raises(ValueError, match=r"same axis twice for variable 'layer_instance/kernel'"):
+        wl.WeightNorm(nn.Dense(4), feature_axes=(1, -1)).init(jax.random.key(0), x)
+
+
+def test_predicate_filter():
+    x = jnp.ones((1, 3))
+    model = wl.WeightNorm(nn.Dense(4), variable_filter=lambda path: path.endswith("/bias"))
+    assert sorted(model.init(jax.random.key(0), x)["params"]) == [
+        "layer_instance",
+        "layer_instance/bias/scale",
+    ]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from weightnorm.core import WeightNormConfig, select
+from weightnorm.core import WeightNormConfig
 
 
 def test_defaults_are_flax_linen_weight_norm_defaults():
@@ -45,32 +45,6 @@ def test_config_is_a_valid_static_jit_argument():
     jitted(1.0, WeightNormConfig(variable_filter="kernel"))
     jitted(1.0, WeightNormConfig(variable_filter={"kernel"}))
     assert len(traces) == 1
-
-
-def test_bare_string_filter_is_one_item_not_its_characters():
-    config = WeightNormConfig(variable_filter="kernel")
-    assert config.variable_filter == frozenset({"kernel"})
-    assert select({"Dense_0/kernel": 0, "Dense_0/bias": 0}, "kernel") == ["Dense_0/kernel"]
-
-
-@pytest.mark.parametrize("empty", [None, set(), (), []])
-def test_empty_filter_selects_every_variable(empty):
-    assert WeightNormConfig(variable_filter=empty).variable_filter is None
-    assert select({"a/kernel": 0, "a/bias": 0}, empty) == ["a/kernel", "a/bias"]
-
-
-def test_filter_uses_flax_substring_rule_including_module_names():
-    flat = {"kernel_proj/bias": 0, "Dense_0/kernel": 0, "Baz_0/Dense_0/bias": 0, "x/bias": 0}
-    assert select(flat, {"kernel", "Baz"}) == [
-        "kernel_proj/bias",
-        "Dense_0/kernel",
-        "Baz_0/Dense_0/bias",
-    ]
-
-
-def test_predicate_filter():
-    flat = {"mlp/~/linear_0/w": 0, "wide/b": 0}
-    assert select(flat, lambda path: path.rsplit("/", 1)[-1] == "w") == ["mlp/~/linear_0/w"]
 
 
 @pytest.mark.parametrize(
