@@ -366,3 +366,17 @@ def test_predicate_filter():
         "layer_instance",
         "layer_instance/bias/scale",
     ]
+
+
+def test_boxed_kernel_behaves_as_in_flax():
+    # Drop-in: like flax, the box's `value` shows in the scale's name and the scale is unboxed.
+    x = jnp.ones((2, 3))
+    init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+    theirs = nn.WeightNorm(nn.Dense(4, kernel_init=init))
+    ours = wl.WeightNorm(nn.Dense(4, kernel_init=init))
+    their_vars = theirs.init(jax.random.key(0), x)
+    our_vars = ours.init(jax.random.key(0), x)
+    assert isinstance(our_vars["params"]["layer_instance"]["kernel"], nn.Partitioned)
+    assert nn.get_partition_spec(our_vars) == nn.get_partition_spec(their_vars)
+    assert_same_variables(nn.unbox(our_vars), nn.unbox(their_vars))
+    assert_bitwise_equal(ours.apply(their_vars, x), theirs.apply(their_vars, x))
