@@ -82,3 +82,14 @@ def test_dtypes_are_canonical_numpy_dtypes():
     config = WeightNormConfig(dtype=jnp.bfloat16)
     assert config.dtype == np.dtype(jnp.bfloat16)
     assert config.param_dtype == np.dtype("float32")
+
+
+def test_numpy_and_zero_dimensional_values_are_accepted():
+    config = WeightNormConfig(feature_axes=np.array(1), epsilon=jnp.float32(1e-6))
+    assert config.feature_axes == 1
+    assert config.epsilon == pytest.approx(1e-6)
+    assert WeightNormConfig(feature_axes=np.array([0, 2])).feature_axes == (0, 2)
+
+
+def test_no_feature_axes_is_the_same_as_none():
+    assert WeightNormConfig(feature_axes=()) == WeightNormConfig(feature_axes=None)

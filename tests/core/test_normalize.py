@@ -17,6 +17,7 @@ from weightnorm.core import (
     init_scales,
     normalize,
     scale_shapes,
+    select,
 )
 
 PATH = "layer_instance/kernel"  # flax's name for a top-level WeightNorm's kernel
@@ -194,7 +195,7 @@ def test_init_scales_uses_scale_init_param_dtype_and_distinct_keys():
 
 def test_init_scales_without_key_for_a_random_init_says_to_pass_one():
     config = WeightNormConfig(scale_init=jax.nn.initializers.normal(1.0))
-    with pytest.raises(ValueError, match=r"'a/kernel/scale'.*Pass `key="):
+    with pytest.raises(ValueError, match=r"needs a PRNG key to make 'a/kernel/scale'"):
         init_scales({"a/kernel": jnp.zeros((2, 3))}, config)
 
 
@@ -266,3 +267,87 @@ def test_init_scales_rejects_wrong_shape_from_scale_init():
 def test_bad_input_raises_clear_errors(flat, scales, config, error, pattern):
     with pytest.raises(error, match=pattern):
         normalize(flat, scales, config)
+
+
+def test_init_scales_without_key_keeps_errors_unrelated_to_the_key():
+    config = WeightNormConfig(scale_init=lambda key, shape, dtype: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        init_scales({"a/kernel": jnp.zeros((2, 3))}, config)
+
+
+def test_scalar_variable_needs_feature_axes_none():
+    with pytest.raises(ValueError, match=r"'a/kernel' is a scalar.*feature_axes=None"):
+        scale_shapes({"a/kernel": jnp.float32(2.0)}, WeightNormConfig())
+    assert scale_shapes({"a/kernel": jnp.float32(2.0)}, WeightNormConfig(feature_axes=None)) == {
+        "a/kernel/scale": ()
+    }
+
+
+def test_float16_is_accumulated_in_float32_where_flax_breaks():
+    # In float16 flax's epsilon rounds to 0 (NaN for zero weights) and squares of
+    # |v| > 256 overflow (the weight becomes 0). We normalize in float32 and cast back.
+    value = jnp.array([[0.0, 300.0], [0.0, -400.0]], jnp.float16)
+    scale = jnp.array([1.0, 2.0], jnp.float16)
+    config = WeightNormConfig(param_dtype=jnp.float16)
+    ours = normalize({PATH: value}, {PATH + "/scale": scale}, config)[PATH]
+    assert ours.dtype == jnp.float16
+    expected = flax_normalized(value.astype(jnp.float32), scale.astype(jnp.float32))
+    np.testing.assert_allclose(ours, np.asarray(expected, np.float16), rtol=1e-3)
+    theirs = flax_normalized(value, scale, param_dtype=jnp.float16)
+    assert np.isnan(theirs[:, 0]).all() and (theirs[:, 1] == 0).all()
+
+    # At a zero column the gradient is scale / sqrt(epsilon): 1e6 does not fit in
+    # float16 (max 65504), so float16 training wants a larger epsilon.
+    def gradient(config):
+        return jax.grad(
+            lambda v: jnp.sum(normalize({PATH: v}, {PATH + "/scale": scale}, config)[PATH])
+        )(value)
+
+    assert not np.isfinite(gradient(config)[:, 0]).all()
+    assert np.isfinite(gradient(config.replace(epsilon=1e-6))).all()
+    np.testing.assert_allclose(
+        decompose({PATH: value}, config)[PATH + "/scale"], np.float16([1e-6, 500.0]), rtol=1e-3
+    )
+
+
+@st.composite
+def flat_dicts_and_filters(draw):
+    """Several variables under random paths, and a filter made of path fragments."""
+    names = draw(
+        st.lists(
+            st.sampled_from(["kernel", "bias", "w", "scale_x"]), min_size=1, max_size=4, unique=True
+        )
+    )
+    modules = draw(
+        st.lists(
+            st.sampled_from(["Dense_0", "Conv_1", "kernel_proj"]),
+            min_size=1,
+            max_size=2,
+            unique=True,
+        )
+    )
+    flat = {}
+    for module in modules:
+        for name in names:
+            shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
+            flat[f"{module}/{name}"] = draw(
+                hnp.arrays(np.float32, shape, elements=st.floats(0.5, 4, width=32))
+            )
+    fragments = st.sampled_from(["kernel", "bias", "Dense", "_", "proj", "w"])
+    variable_filter = draw(st.none() | st.sets(fragments, max_size=3))
+    return flat, variable_filter
+
+
+@given(flat_dicts_and_filters(), st.data())
+def test_selected_variables_are_normalized_and_the_rest_untouched(flat_and_filter, data):
+    flat, variable_filter = flat_and_filter
+    config = WeightNormConfig(feature_axes=None, variable_filter=variable_filter)
+    shapes = scale_shapes(flat, config)
+    assert [name.removesuffix("/scale") for name in shapes] == select(flat, variable_filter)
+    scales = {name: data.draw(st.floats(0.25, 4, width=32)) for name in shapes}
+    out = normalize(flat, {k: np.float32(v) for k, v in scales.items()}, config)
+    for path, value in flat.items():
+        if path + "/scale" in scales:
+            np.testing.assert_allclose(_norms(out[path], None), scales[path + "/scale"], rtol=1e-5)
+        else:
+            assert out[path] is value

@@ -30,21 +30,46 @@ def _inexact_dtype(name: str, value: Any) -> np.dtype:
     return dtype
 
 
+def _is_int(value: Any) -> bool:
+    """A Python or NumPy integer, or a 0-d integer array; never a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return np.ndim(value) == 0 and jnp.issubdtype(np.asarray(value).dtype, jnp.integer)
+
+
 def _feature_axes(value: Any) -> FeatureAxes:
     if value is None:
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if _is_int(value):
         return int(value)
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         axes = tuple(value)
         for axis in axes:
-            if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+            if not _is_int(axis):
                 raise TypeError(f"`feature_axes` must hold ints, got {axis!r} in {value!r}.")
         axes = tuple(int(axis) for axis in axes)
         if len(set(axes)) != len(axes):
             raise ValueError(f"`feature_axes` {value!r} names an axis twice.")
-        return axes
+        # No feature axis means one norm over the whole array, as None does.
+        return axes or None
     raise TypeError(f"`feature_axes` must be an int, a tuple of ints or None, got {value!r}.")
+
+
+def _epsilon(value: Any) -> float:
+    """A finite float >= 0 from a Python number or a 0-d floating array."""
+    is_real = isinstance(value, numbers.Real) or (
+        np.ndim(value) == 0
+        and hasattr(value, "dtype")
+        and jnp.issubdtype(np.asarray(value).dtype, jnp.floating)
+    )
+    if not is_real or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`epsilon` must be a real number, got {value!r}.")
+    epsilon = float(value)
+    if not (epsilon >= 0.0 and np.isfinite(epsilon)):
+        raise ValueError(f"`epsilon` must be finite and >= 0, got {value!r}.")
+    return epsilon
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +91,8 @@ class WeightNormConfig:
       scale_init: initializer `(key, shape, dtype) -> array` for the scales.
       feature_axes: the axes that keep their own norm and scale (an int, a
         tuple of ints in any order, negatives allowed); every other axis is
-        reduced. None means one norm over the whole array, with a scalar scale.
+        reduced. None (or `()`) means one norm over the whole array, with a
+        scalar scale.
       variable_filter: which variables to normalize: None or an empty iterable
         for every variable, a string or an iterable of strings (a variable is
         selected when one of them is a substring of its path, flax's rule; a
@@ -93,12 +119,7 @@ class WeightNormConfig:
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__
-        epsilon = self.epsilon
-        if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool):
-            raise TypeError(f"`epsilon` must be a real number, got {epsilon!r}.")
-        if not (float(epsilon) >= 0.0 and np.isfinite(float(epsilon))):
-            raise ValueError(f"`epsilon` must be finite and >= 0, got {epsilon!r}.")
-        set_field(self, "epsilon", float(epsilon))
+        set_field(self, "epsilon", _epsilon(self.epsilon))
         if self.dtype is not None:
             set_field(self, "dtype", _inexact_dtype("dtype", self.dtype))
         set_field(self, "param_dtype", _inexact_dtype("param_dtype", self.param_dtype))
@@ -131,6 +152,12 @@ def resolve_feature_axes(
         return ()
     axes = (feature_axes,) if isinstance(feature_axes, int) else feature_axes
     ndim = len(shape)
+    if ndim == 0:
+        raise ValueError(
+            f"Variable {path!r} is a scalar (shape ()), so it has no feature axis "
+            f"{feature_axes!r}. Use `feature_axes=None`, or narrow `variable_filter` "
+            "so that it does not select it."
+        )
     resolved = []
     for axis in axes:
         if not -ndim <= axis < ndim:

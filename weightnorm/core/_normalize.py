@@ -55,7 +55,7 @@ def _check_config(config: Any) -> None:
         )
 
 
-def _dtype_of(path: str, leaf: Any) -> np.dtype:
+def _check_inexact(path: str, leaf: Any) -> None:
     dtype = getattr(leaf, "dtype", None)
     if dtype is None:
         dtype = np.asarray(leaf).dtype
@@ -66,7 +66,6 @@ def _dtype_of(path: str, leaf: Any) -> np.dtype:
             "a floating or complex array. Narrow `variable_filter` so that it "
             "does not select it."
         )
-    return dtype
 
 
 def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]:
@@ -77,7 +76,7 @@ def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]
     for path, leaf in flat.items():
         if not matches(config.variable_filter, path):
             continue
-        _dtype_of(path, leaf)
+        _check_inexact(path, leaf)
         shape = tuple(np.shape(leaf))
         axes = resolve_feature_axes(path, shape, config.feature_axes)
         targets.append(_Target(path, shape, axes))
@@ -149,10 +148,10 @@ def init_scales(
         try:
             scale = config.scale_init(scale_key, shape, config.param_dtype)
         except Exception as error:
-            if key is None:
+            if key is None and _needs_key(config, shape):
                 raise ValueError(
-                    f"`scale_init` failed for {name!r} without a PRNG key ({error}). "
-                    "Pass `key=jax.random.key(...)`."
+                    f"`scale_init` needs a PRNG key to make {name!r}: pass "
+                    "`key=jax.random.key(...)`."
                 ) from error
             raise
         if tuple(jnp.shape(scale)) != shape:
@@ -162,6 +161,15 @@ def init_scales(
             )
         scales[name] = scale
     return scales
+
+
+def _needs_key(config: WeightNormConfig, shape: tuple[int, ...]) -> bool:
+    """Whether `scale_init` works with a key where it failed without one."""
+    try:
+        config.scale_init(jax.random.key(0), shape, config.param_dtype)
+    except Exception:
+        return False
+    return True
 
 
 def _check_scales(
@@ -197,6 +205,22 @@ def _check_scales(
             )
 
 
+def _accumulation_dtype(dtype: Any) -> Any:
+    """float32 for floats whose exponent range is narrower than float32's.
+
+    In float16 (and float8) `epsilon=1e-12` rounds to 0 and squares of |v| > 256
+    overflow, which would give NaN for zero weights and 0 for large ones. Such
+    arrays are normalized in float32 and cast back. Every other dtype (float32,
+    bfloat16, float64, complex) is computed in its own dtype, as flax does.
+    """
+    if (
+        jnp.issubdtype(dtype, jnp.floating)
+        and jnp.finfo(dtype).maxexp < jnp.finfo(jnp.float32).maxexp
+    ):
+        return jnp.float32
+    return dtype
+
+
 def _squares(value: jax.Array) -> jax.Array:
     """|v|^2 elementwise; for real arrays exactly `v * v`, as flax computes it."""
     if jnp.iscomplexobj(value):
@@ -213,8 +237,9 @@ def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
 
 def _normalize_leaf(target: _Target, value: Any, scale: Any, config: WeightNormConfig) -> jax.Array:
     value = jnp.asarray(value)
-    sum_of_squares = _squares(value).sum(axis=target.reduction_axes, keepdims=True)
-    normalized = value * lax.rsqrt(sum_of_squares + config.epsilon)
+    wide = value.astype(_accumulation_dtype(value.dtype))
+    sum_of_squares = _squares(wide).sum(axis=target.reduction_axes, keepdims=True)
+    normalized = wide * lax.rsqrt(sum_of_squares + config.epsilon)
     if scale is None:
         return jnp.asarray(normalized, _result_dtype(config, value))
     scale = jnp.asarray(scale)
@@ -301,6 +326,7 @@ def decompose(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, ja
     scales = {}
     for target in _targets(flat, config):
         value = jnp.asarray(flat[target.path])
+        value = value.astype(_accumulation_dtype(value.dtype))
         sum_of_squares = _squares(value).sum(axis=target.reduction_axes)
         norm = jnp.sqrt(sum_of_squares + config.epsilon)
         scales[target.scale_key] = jnp.asarray(norm, config.param_dtype).reshape(target.scale_shape)
