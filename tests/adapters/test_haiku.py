@@ -227,3 +227,34 @@ def test_invariant_to_rescaling_w(n_in, n_out, c, seed):
     np.testing.assert_allclose(
         model.apply(scaled, None, x), model.apply(params, None, x), rtol=1e-5, atol=1e-5
     )
+
+
+def test_deterministic_scale_init_leaves_the_rng_sequence_alone():
+    def body():
+        return hk.Sequential([hk.Linear(4), jax.nn.relu, hk.Linear(3)])
+
+    x = jnp.ones((1, 2))
+    plain = hk.transform(lambda x: body()(x)).init(KEY, x)
+    params = wrapped(body).init(KEY, x)
+    assert sorted(params.pop("weight_norm")) == ["linear/w/scale", "linear_1/w/scale"]
+    np.testing.assert_equal(jax.device_get(params), jax.device_get(plain))
+    # No randomness needed at all: init works without a key, as plain Haiku does.
+    constant = hk.initializers.Constant(0.5)
+    model = wrapped(lambda: hk.Linear(3, w_init=constant))
+    assert model.init(None, x)["weight_norm"]["linear/w/scale"].shape == (3,)
+
+
+def test_random_scale_init_takes_a_key():
+    model = wrapped(lambda: hk.Linear(3), scale_init=jax.nn.initializers.normal(1.0))
+    scale = model.init(KEY, jnp.ones((1, 2)))["weight_norm"]["linear/w/scale"]
+    assert np.unique(np.asarray(scale)).size == 3
+
+
+def test_transposed_convolution_wants_feature_axes_minus_two():
+    # Haiku's transposed convolutions store w as (kh, kw, out, in).
+    x = jnp.ones((1, 4, 4, 2))
+    conv = lambda: hk.Conv2DTranspose(5, 3)  # noqa: E731
+    default = wrapped(conv).init(KEY, x)["weight_norm"]
+    per_output = wrapped(conv, feature_axes=-2).init(KEY, x)["weight_norm"]
+    assert default["conv2_d_transpose/w/scale"].shape == (2,)
+    assert per_output["conv2_d_transpose/w/scale"].shape == (5,)

@@ -54,9 +54,13 @@ class WeightNorm(hk.Module):
     parameter they scale. State (`hk.get_state`) passes through untouched.
     Calling the wrapper several times reuses one set of scales.
 
-    At init each scale consumes one key of `hk.next_rng_key()` (even for
-    initializers that ignore it, such as the default `ones`), so modules
-    initialized after a wrapped one draw other keys than without the wrapper.
+    A `scale_init` that needs no randomness (the default `ones`) takes no rng
+    key, so the wrapped model initializes exactly as it would unwrapped; a
+    random one takes one key of `hk.next_rng_key()` per scale at init.
+
+    Haiku's transposed convolutions store `w` as `(..., out, in)`, so for them
+    pass `feature_axes=-2` to get one norm per output channel (the default
+    `-1` gives one per input channel).
 
     Args:
       module: the module (or any callable that reads Haiku parameters) to wrap.
@@ -136,7 +140,8 @@ class WeightNorm(hk.Module):
 
     def _normalize(self, path: str, value: Any) -> Any:
         # A module method runs in this module's name scope, so the scales are
-        # created in (and read from) the wrapper's bundle.
+        # created in (and read from) the wrapper's bundle (Haiku transforms such
+        # as `hk.layer_stack` may add a prefix to that bundle's name).
         flat = {path: value}
         scales = {
             key: hk.get_parameter(key, shape, self.config.param_dtype, init=self._scale_init)
@@ -145,8 +150,13 @@ class WeightNorm(hk.Module):
         return core.normalize(flat, scales, self.config)[path]
 
     def _scale_init(self, shape: tuple[int, ...], dtype: Any) -> jax.Array:
-        # Haiku initializers take (shape, dtype); ours take a key first.
-        return self.config.scale_init(hk.next_rng_key(), shape, dtype)
+        # Haiku initializers take (shape, dtype); ours take a key first. An
+        # initializer that needs no randomness (the default `ones`) gets no key,
+        # so it leaves the rng sequence, and every later parameter, as it was.
+        try:
+            return self.config.scale_init(None, shape, dtype)
+        except Exception:
+            return self.config.scale_init(hk.next_rng_key(), shape, dtype)
 
 
 def flatten(params: Any) -> dict[str, Any]:
