@@ -228,9 +228,10 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
         params = make_params(weights)
         diff = float(jnp.max(jnp.abs(apply(params, x_test) - reference)))
         ms = _time_forward(apply, params, x_test) * 1e3
-        flag = "" if diff <= FORWARD_TOLERANCE else "  <-- DISAGREES"
+        agrees = diff <= FORWARD_TOLERANCE  # False for NaN too
+        flag = "" if agrees else "  <-- DISAGREES"
         print(f"{name:<10} {diff:>12.2e} {ms:>13.3f}{flag}")
-        status |= diff > FORWARD_TOLERANCE
+        status |= not agrees
 
     print(f"\nTraining each for {steps} SGD steps (lr {learning_rate}) on a synthetic task")
     trained = {}
@@ -258,9 +259,10 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
     )
     for name, outputs in trained.items():
         diff = float(jnp.max(jnp.abs(outputs - trained["linen"])))
-        flag = "" if diff <= TRAINED_TOLERANCE else "  <-- DISAGREES"
+        agrees = diff <= TRAINED_TOLERANCE  # False for NaN too
+        flag = "" if agrees else "  <-- DISAGREES"
         print(f"{name:<10} {diff:>12.2e}{flag}")
-        status |= diff > TRAINED_TOLERANCE
+        status |= not agrees
 
     print(
         "\nOK: every framework computes the same function."
@@ -270,11 +272,20 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
     return int(status)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m weightnorm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the same weight-normed model in Linen, Haiku, Equinox")
-    demo.add_argument("--steps", type=int, default=300, help="training steps per framework")
+    demo.add_argument(
+        "--steps", type=_positive_int, default=300, help="training steps per framework"
+    )
     demo.add_argument("--learning-rate", type=float, default=0.2)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)

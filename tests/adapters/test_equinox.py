@@ -294,3 +294,26 @@ def test_positive_rescaling_of_the_weight_leaves_outputs_unchanged(
     factor = jnp.exp(log_factor + np.random.default_rng(seed).uniform(-1, 1, size=(out_size, 1)))
     y, bare_y = rescaled_and_bare_outputs(layer, factor, normal(seed + 2, in_size))
     assert_close(y, bare_y, rtol=1e-5)
+
+
+def test_wrappers_built_with_fresh_initializer_closures_are_equal():
+    def build():
+        return WeightNorm(linear(key(0)), scale_init=jax.nn.initializers.normal(1.0), key=key(1))
+
+    a, b = build(), build()
+    assert eqx.tree_equal(a, b)
+    assert hash(a.config) == hash(b.config)
+    with pytest.raises(RuntimeError, match="made its scales at construction"):
+        core.init_scales(flatten(a.layer), a.config, key(2))
+
+
+def test_several_feature_axes_where_equinox_takes_one():
+    conv = eqx.nn.Conv2d(2, 3, kernel_size=3, key=key(0))
+    with pytest.raises(ValueError):
+        eqx.nn.WeightNorm(conv, axis=(0, 1))
+    model = WeightNorm(conv, feature_axes=(0, 1))
+    assert model.scales["weight/scale"].shape == (3, 2)
+    weight = model.normalized_layer().weight
+    np.testing.assert_allclose(
+        jnp.sqrt(jnp.sum(weight**2, axis=(2, 3))), jnp.ones((3, 2)), rtol=1e-5
+    )

@@ -93,7 +93,13 @@ LAYERS = {
 }
 FEATURE_AXES = [-1, 0, (0, 1), None]
 FILTERS = [None, {"kernel"}, {"bias"}, {"kernel", "Baz"}]
-DTYPES = {"f32": (None, jnp.float32), "bf16": (jnp.bfloat16, jnp.bfloat16)}
+# name: (layer's param_dtype, WeightNorm's dtype, WeightNorm's param_dtype)
+DTYPES = {
+    "f32": (jnp.float32, None, jnp.float32),
+    "bf16": (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16),
+    # flax promotes a bf16 kernel with an f32 scale to f32, and stores it so at init.
+    "bf16-kernel": (jnp.bfloat16, None, jnp.float32),
+}
 
 CASES = [
     (layer, axes, filt, True, "f32")
@@ -103,20 +109,25 @@ CASES = [
     for layer, axes, (filt, use_scale, dtypes) in itertools.product(
         LAYERS,
         [-1, None],
-        [({"kernel"}, False, "f32"), ({"kernel"}, True, "bf16"), (None, False, "bf16")],
+        [
+            ({"kernel"}, False, "f32"),
+            ({"kernel"}, True, "bf16"),
+            (None, False, "bf16"),
+            ({"kernel"}, True, "bf16-kernel"),
+        ],
     )
 ]
 
 
 def _wrap(weight_norm, layer, axes, filt, use_scale, dtypes):
     make_layer, _ = LAYERS[layer]
-    dtype, param_dtype = DTYPES[dtypes]
+    layer_dtype, dtype, param_dtype = DTYPES[dtypes]
 
     class Model(nn.Module):
         @nn.compact
         def __call__(self, x):
             return weight_norm(
-                make_layer(param_dtype),
+                make_layer(layer_dtype),
                 feature_axes=axes,
                 variable_filter=filt,
                 use_scale=use_scale,
@@ -334,6 +345,8 @@ def test_zero_kernel_gives_finite_outputs_and_gradients():
 
 
 def test_feature_axis_out_of_range_names_the_variable():
+    with pytest.raises(IndexError):  # flax's own error
+        nn.WeightNorm(nn.Dense(4), feature_axes=3).init(jax.random.key(0), jnp.ones((1, 3)))
     with pytest.raises(
         ValueError,
         match=r"axis 3 is out of range for variable 'layer_instance/kernel' with shape \(3, 4\)",
@@ -380,3 +393,26 @@ def test_boxed_kernel_behaves_as_in_flax():
     assert nn.get_partition_spec(our_vars) == nn.get_partition_spec(their_vars)
     assert_same_variables(nn.unbox(our_vars), nn.unbox(their_vars))
     assert_bitwise_equal(ours.apply(their_vars, x), theirs.apply(their_vars, x))
+
+
+def test_bf16_kernel_is_stored_as_float32_at_init_like_flax():
+    x = jnp.ones((1, 3))
+    for weight_norm in (nn.WeightNorm, wl.WeightNorm):
+        params = weight_norm(nn.Dense(4, param_dtype=jnp.bfloat16)).init(jax.random.key(0), x)
+        assert params["params"]["layer_instance"]["kernel"].dtype == jnp.float32
+        assert params["params"]["layer_instance"]["bias"].dtype == jnp.bfloat16
+
+
+class _Counter(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        self.param("steps", lambda key, shape: jnp.zeros(shape, jnp.int32), (2,))
+        return nn.Dense(2)(x)
+
+
+def test_integer_parameter_selected_by_filter_none_raises_where_flax_casts_it():
+    x = jnp.ones((1, 3))
+    theirs = nn.WeightNorm(_Counter(), variable_filter=None).init(jax.random.key(0), x)
+    assert theirs["params"]["layer_instance"]["steps"].dtype == jnp.float32  # silently cast
+    with pytest.raises(ValueError, match=r"'layer_instance/steps' has dtype int32"):
+        wl.WeightNorm(_Counter(), variable_filter=None).init(jax.random.key(0), x)

@@ -120,6 +120,14 @@ def affine_weights(layer: Any) -> PathFilter:
     )
 
 
+def _scales_made_at_construction(key: Any, shape: Any, dtype: Any) -> Any:
+    """Stands in for `scale_init` in a wrapper whose scales already exist."""
+    raise RuntimeError(
+        "This WeightNorm made its scales at construction and keeps no `scale_init`; "
+        "build a new WeightNorm to make new scales."
+    )
+
+
 class WeightNorm(eqx.Module, Generic[_Layer]):
     """L2 weight normalization (Salimans & Kingma 2016) of a wrapped Equinox module.
 
@@ -134,7 +142,13 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
       layer: the wrapped module, holding the directions `v`.
       scales: `{"<path in layer>/scale": array}`, e.g. `"weight/scale"` for a
         Linear, `"layers/0/weight/scale"` for an `eqx.nn.MLP`.
-      config: the settings, a static (hashable, equal-by-value) field.
+      config: the settings, a static (hashable, equal-by-value) field. Its
+        `scale_init` is only needed to make the scales, so it is not kept
+        (two wrappers built alike, even with fresh initializer closures, stay
+        equal and share one `filter_jit` trace).
+
+    The default filter is fixed when the wrapper is made: a layer swapped in
+    later (`eqx.tree_at`) brings no scales; wrap the new model again instead.
 
     Example:
       >>> import jax, jax.numpy as jnp, equinox as eqx
@@ -203,7 +217,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         params, _ = _split_params(layer)
         self.layer = layer
         self.scales = core.init_scales(core.flatten(params), config, key)
-        self.config = config
+        self.config = config.replace(scale_init=_scales_made_at_construction)
 
     def normalized_layer(self) -> _Layer:
         """The wrapped layer with its selected arrays replaced by `g * v / ||v||`.
