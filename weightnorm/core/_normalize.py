@@ -235,11 +235,20 @@ def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
     return jnp.result_type(*arrays)
 
 
-def _normalize_leaf(target: _Target, value: Any, scale: Any, config: WeightNormConfig) -> jax.Array:
-    value = jnp.asarray(value)
+def _squared_norm(target: _Target, value: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
+    """(`value` in its accumulation dtype, sum of |value|^2 over the reduced axes + epsilon).
+
+    The sum keeps the reduced axes (size 1), so it broadcasts against `value`.
+    """
     wide = value.astype(_accumulation_dtype(value.dtype))
     sum_of_squares = _squares(wide).sum(axis=target.reduction_axes, keepdims=True)
-    normalized = wide * lax.rsqrt(sum_of_squares + config.epsilon)
+    return wide, sum_of_squares + epsilon
+
+
+def _normalize_leaf(target: _Target, value: Any, scale: Any, config: WeightNormConfig) -> jax.Array:
+    value = jnp.asarray(value)
+    wide, squared_norm = _squared_norm(target, value, config.epsilon)
+    normalized = wide * lax.rsqrt(squared_norm)
     if scale is None:
         return jnp.asarray(normalized, _result_dtype(config, value))
     scale = jnp.asarray(scale)
@@ -325,9 +334,7 @@ def decompose(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, ja
         )
     scales = {}
     for target in _targets(flat, config):
-        value = jnp.asarray(flat[target.path])
-        value = value.astype(_accumulation_dtype(value.dtype))
-        sum_of_squares = _squares(value).sum(axis=target.reduction_axes)
-        norm = jnp.sqrt(sum_of_squares + config.epsilon)
-        scales[target.scale_key] = jnp.asarray(norm, config.param_dtype).reshape(target.scale_shape)
+        _, squared_norm = _squared_norm(target, jnp.asarray(flat[target.path]), config.epsilon)
+        norm = jnp.sqrt(squared_norm).reshape(target.scale_shape)
+        scales[target.scale_key] = jnp.asarray(norm, config.param_dtype)
     return scales
