@@ -198,6 +198,17 @@ def _train(
     return params, losses
 
 
+def _agrees(
+    name: str, outputs: Any, reference: Any, tolerance: float, ms: float | None = None
+) -> bool:
+    """Prints one table row; whether the max |difference| is within tolerance (not NaN)."""
+    diff = float(jnp.max(jnp.abs(outputs - reference)))
+    agrees = diff <= tolerance  # False for NaN too
+    timing = "" if ms is None else f" {ms:>13.3f}"
+    print(f"{name:<10} {diff:>12.2e}{timing}{'' if agrees else '  <-- DISAGREES'}")
+    return agrees
+
+
 def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> int:
     """Runs the demo; returns the process exit status (0 when all frameworks agree)."""
     import flax.linen as nn
@@ -226,12 +237,8 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
     status = 0
     for name, (apply, make_params) in frameworks.items():
         params = make_params(weights)
-        diff = float(jnp.max(jnp.abs(apply(params, x_test) - reference)))
         ms = _time_forward(apply, params, x_test) * 1e3
-        agrees = diff <= FORWARD_TOLERANCE  # False for NaN too
-        flag = "" if agrees else "  <-- DISAGREES"
-        print(f"{name:<10} {diff:>12.2e} {ms:>13.3f}{flag}")
-        status |= not agrees
+        status |= not _agrees(name, apply(params, x_test), reference, FORWARD_TOLERANCE, ms)
 
     print(f"\nTraining each for {steps} SGD steps (lr {learning_rate}) on a synthetic task")
     trained = {}
@@ -243,8 +250,8 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
         params, losses = _train(
             apply, make_params(weights), x_train, y_train, steps, learning_rate, progress
         )
-        test_loss = float(jnp.mean((apply(params, x_test) - y_test) ** 2))
         trained[name] = apply(params, x_test)
+        test_loss = float(jnp.mean((trained[name] - y_test) ** 2))
         print(
             f"{name:<10} train loss {losses[0]:.4f} -> {np.mean(losses[-10:]):.4f}, "
             f"test loss {test_loss:.4f}"
@@ -258,11 +265,7 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
         f"(tolerance {TRAINED_TOLERANCE:g})"
     )
     for name, outputs in trained.items():
-        diff = float(jnp.max(jnp.abs(outputs - trained["linen"])))
-        agrees = diff <= TRAINED_TOLERANCE  # False for NaN too
-        flag = "" if agrees else "  <-- DISAGREES"
-        print(f"{name:<10} {diff:>12.2e}{flag}")
-        status |= not agrees
+        status |= not _agrees(name, outputs, trained["linen"], TRAINED_TOLERANCE)
 
     print(
         "\nOK: every framework computes the same function."
