@@ -1,0 +1,309 @@
+"""Flax NNX adapter: weight normalization that never overwrites the wrapped layer.
+
+`WeightNorm(layer)` takes `flax.nnx.WeightNorm`'s arguments and gives its
+numbers, but each call runs a copy of the layer whose selected parameters hold
+`g * v / ||v||`, so the wrapped layer keeps the raw directions `v`. flax's class
+writes the normalized weight back into the layer on every call. The scales are
+`nnx.Param`s (trainable), keyed as the core keys them: `scales["kernel/scale"]`.
+The math is the core's. `flatten` and `unflatten` convert NNX state to and from
+flat `{"a/b/c": array}` dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+try:
+    from flax import nnx
+except ImportError as error:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "weightnorm.adapters.nnx needs flax: pip install 'weightnorm[nnx]'"
+    ) from error
+import jax
+import jax.numpy as jnp
+
+from .. import core
+
+__all__ = ["WeightNorm", "flatten", "unflatten"]
+
+_FILTER_CLASSES = (
+    type,
+    bool,
+    type(Ellipsis),
+    nnx.filterlib.WithTag,
+    nnx.filterlib.PathContains,
+    nnx.filterlib.PathIn,
+    nnx.filterlib.OfType,
+    nnx.filterlib.Any,
+    nnx.filterlib.All,
+    nnx.filterlib.Not,
+    nnx.filterlib.Everything,
+    nnx.filterlib.Nothing,
+)
+
+
+#: The default filter, as in flax: params with a path component equal to "kernel".
+_KERNELS = nnx.PathContains("kernel")
+
+
+def _is_nnx_filter(variable_filter: Any) -> bool:
+    """An NNX filter object, a Variable type, `...`, a bool, or a list/tuple of them."""
+    if isinstance(variable_filter, (list, tuple)):
+        return bool(variable_filter) and all(_is_nnx_filter(f) for f in variable_filter)
+    return isinstance(variable_filter, _FILTER_CLASSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Selected:
+    """The exact paths that an NNX filter selected when the wrapper was made."""
+
+    paths: frozenset[str]
+
+    def __call__(self, path: str) -> bool:
+        return path in self.paths
+
+    def __repr__(self) -> str:
+        return f"<parameters {sorted(self.paths)}>"
+
+
+def _state(node: Any) -> nnx.State:
+    if isinstance(node, nnx.State):
+        return node
+    if isinstance(node, nnx.Module):
+        return nnx.state(node)
+    raise TypeError(
+        f"Expected an nnx.Module or an nnx.State, got {type(node).__name__}. "
+        "Pass the model itself or `nnx.state(model)`."
+    )
+
+
+def _variables(state: nnx.State) -> dict[str, tuple[tuple[Any, ...], nnx.Variable]]:
+    """`{"a/0/b": (path, variable)}` for every variable of `state`, in NNX's order."""
+    keyed: dict[str, tuple[tuple[Any, ...], nnx.Variable]] = {}
+    for path, variable in nnx.to_flat_state(state):
+        key = "/".join(map(str, path))
+        if key in keyed:
+            raise ValueError(
+                f"Two different paths give the same flat key {key!r}: {keyed[key][0]} "
+                f"and {path}. Rename one of them."
+            )
+        keyed[key] = (path, variable)
+    return keyed
+
+
+class WeightNorm(nnx.Module):
+    """L2 weight normalization (Salimans & Kingma 2016) of a wrapped NNX module.
+
+    For each call, the selected `nnx.Param`s `v` of `layer_instance` are
+    replaced by `scale * v * rsqrt(sum(v * v over the non-feature axes) + epsilon)`
+    in a copy of the layer, and the copy is called. The wrapped layer's params
+    are never written: they stay the raw directions `v` that the optimizer
+    trains. Every other variable (BatchNorm's `BatchStat`s, dropout's rng
+    counts, unselected params) is the layer's own, so its updates land in the
+    layer. Same numbers as `flax.nnx.WeightNorm`'s first call on fresh weights
+    and as `weightnorm.adapters.linen.WeightNorm`.
+
+    Attributes:
+      layer_instance: the wrapped module, holding the directions `v`.
+      scales: `{"<path in layer>/scale": nnx.Param}`, e.g. `"kernel/scale"`,
+        so `flatten(wrapper)` has `"scales/kernel/scale"`; empty when
+        `use_scale=False`.
+      config: the core settings (a static attribute).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> model = WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
+      >>> {path: value.shape for path, value in flatten(model).items()}
+      {'layer_instance/bias': (4,), 'layer_instance/kernel': (3, 4), 'scales/kernel/scale': (4,)}
+      >>> model(jnp.ones((2, 3))).shape
+      (2, 4)
+    """
+
+    def __init__(
+        self,
+        layer_instance: nnx.Module,
+        *,
+        feature_axes: core.FeatureAxes = -1,
+        use_scale: bool = True,
+        scale_init: Callable[..., Any] = jax.nn.initializers.ones,
+        epsilon: float = 1e-12,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        variable_filter: Any = _KERNELS,
+        rngs: nnx.Rngs | None = None,
+    ) -> None:
+        """Wraps `layer_instance` and makes the scales of its selected params.
+
+        Args:
+          layer_instance: the module to wrap; its selected params become the
+            directions `v`.
+          feature_axes: axes that keep their own norm and scale (default: the
+            last); None means one norm over the whole array.
+          use_scale: whether to learn a scale per feature.
+          scale_init: initializer `(key, shape, dtype) -> array` of the scales.
+          epsilon: added to the sum of squares inside the square root.
+          dtype: dtype of the normalized params (default: promoted from the
+            param and its scale).
+          param_dtype: dtype of the scales.
+          variable_filter: which `nnx.Param`s of the layer to normalize (other
+            variable types never are). An NNX filter (`nnx.PathContains`, the
+            default, selects params with a path component equal to `"kernel"`;
+            also `nnx.OfType` or a Variable type, `nnx.Any`, `nnx.All`,
+            `nnx.Not`, `nnx.Everything`, or a list/tuple of them) is applied
+            as flax applies it, to `(path tuple, variable)`, when the wrapper
+            is made. Otherwise as in every weightnorm adapter: None or empty for
+            every param, a string or strings by flax's substring rule on the
+            '/'-joined path (`"layers/0/kernel"`), or a predicate on that path.
+          rngs: random streams; a key is drawn from `rngs.params()` only when
+            `scale_init` needs one, so a deterministic `scale_init` (the
+            default `ones`) leaves the streams as they were.
+
+        Raises:
+          TypeError: when `layer_instance` is not an `nnx.Module`, and as
+            `WeightNormConfig` for settings of the wrong type.
+          ValueError: as `WeightNormConfig` for settings out of range; naming
+            the param's path and shape when a feature axis does not fit it;
+            when `scale_init` needs randomness and `rngs` is None.
+        """
+        if not isinstance(layer_instance, nnx.Module):
+            raise TypeError(
+                f"`layer_instance` must be an nnx.Module, got {type(layer_instance).__name__}. "
+                "Wrap a module instance, e.g. `WeightNorm(nnx.Linear(3, 4, rngs=rngs))`."
+            )
+        params = _variables(nnx.state(layer_instance, nnx.Param))
+        if _is_nnx_filter(variable_filter):
+            predicate = nnx.filterlib.to_predicate(variable_filter)
+            variable_filter = _Selected(
+                frozenset(key for key, (path, param) in params.items() if predicate(path, param))
+            )
+        self.config = core.WeightNormConfig(
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_scale=use_scale,
+            scale_init=scale_init,
+            feature_axes=feature_axes,
+            variable_filter=variable_filter,
+        )
+        self.layer_instance = layer_instance
+        flat = {key: param.get_value() for key, (_, param) in params.items()}
+        self.scales = nnx.data(
+            {key: nnx.Param(scale) for key, scale in _init_scales(flat, self.config, rngs).items()}
+        )
+
+    def normalized_layer(self) -> nnx.Module:
+        """A copy of the layer whose selected params hold `scale * v / ||v||`.
+
+        Only the selected params are new variables; every other variable is
+        shared with the wrapped layer (`nnx.clone` the result for an
+        independent plain module). The wrapped layer is not changed.
+        """
+        graphdef, params, rest = nnx.split(self.layer_instance, nnx.Param, ...)
+        variables = _variables(params)
+        flat = {key: param.get_value() for key, (_, param) in variables.items()}
+        scales = {key: scale.get_value() for key, scale in self.scales.items()}
+        normalized = core.normalize(flat, scales, self.config)
+        selected = set(core.select(flat, self.config.variable_filter))
+        params = nnx.from_flat_state(
+            (path, param.replace(normalized[key]) if key in selected else param)
+            for key, (path, param) in variables.items()
+        )
+        return nnx.merge(graphdef, params, rest, copy=False)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the wrapped layer with its selected params weight-normalized.
+
+        Every argument is passed through to `layer_instance`, and its result
+        returned.
+        """
+        return self.normalized_layer()(*args, **kwargs)
+
+
+def _init_scales(
+    flat: Mapping[str, Any], config: core.WeightNormConfig, rngs: nnx.Rngs | None
+) -> dict[str, jax.Array]:
+    """`core.init_scales`, drawing a key from `rngs` only when `scale_init` needs one."""
+    try:
+        return core.init_scales(flat, config)
+    except Exception as error:
+        if rngs is not None:
+            return core.init_scales(flat, config, rngs.params())
+        try:
+            core.init_scales(flat, config, jax.random.key(0))
+        except Exception:
+            raise error from None
+        raise ValueError(
+            f"`scale_init` needs randomness to make {sorted(core.scale_shapes(flat, config))}: "
+            "pass `rngs=nnx.Rngs(0)` (or any seed) to WeightNorm."
+        ) from error
+
+
+def flatten(node: nnx.Module | nnx.State) -> dict[str, Any]:
+    """The variables of an NNX module or state as a flat `{"a/0/b": array}` dict.
+
+    Every variable type is included (params, batch stats, rng keys and
+    counts); pass `nnx.state(model, nnx.Param)` for the params alone. Keys of
+    WeightNorm scales contain '/', so rebuild with `unflatten(flat, like)`.
+
+    Args:
+      node: an `nnx.Module`, or an `nnx.State` such as `nnx.state(model, nnx.Param)`.
+
+    Returns:
+      `{path: value}` with the paths '/'-joined (list indices as digits).
+
+    Raises:
+      TypeError: when `node` is neither a module nor a state.
+      ValueError: when two paths give the same key, naming both.
+
+    Example:
+      >>> from flax import nnx
+      >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.relu)
+      >>> sorted(flatten(nnx.state(model, nnx.Param)))
+      ['layers/0/bias', 'layers/0/kernel']
+    """
+    return {key: variable.get_value() for key, (_, variable) in _variables(_state(node)).items()}
+
+
+def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
+    """A new module or state of `like`'s structure holding the values of `flat`.
+
+    The inverse of `flatten`: each variable of `like` is copied (its type and
+    metadata, e.g. sharding, kept) with the value of `flat` at its key. `like`
+    itself is not changed; for a module, `nnx.update(model, unflatten(flat,
+    nnx.state(model)))` loads the values into it in place.
+
+    Args:
+      flat: a `{path: value}` dict, as made by `flatten`.
+      like: an `nnx.Module` (a new module is returned) or an `nnx.State` (a
+        new state is returned).
+
+    Returns:
+      A module or state like `like`.
+
+    Raises:
+      ValueError: listing the keys that `flat` lacks or has in excess.
+      TypeError: when `like` is neither a module nor a state, or `flat` is not
+        a dict with string keys.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> zeroed = unflatten(jax.tree.map(jnp.zeros_like, flatten(linear)), like=linear)
+      >>> float(abs(zeroed.kernel[...]).sum()), float(abs(linear.kernel[...]).sum()) > 0
+      (0.0, True)
+    """
+    variables = _variables(_state(like))
+    values = core.unflatten(
+        flat, like={key: variable.get_value() for key, (_, variable) in variables.items()}
+    )
+    state = nnx.from_flat_state(
+        (path, variable.replace(values[key])) for key, (path, variable) in variables.items()
+    )
+    if isinstance(like, nnx.State):
+        return state
+    graphdef, _ = nnx.split(like)
+    return nnx.merge(graphdef, state)
