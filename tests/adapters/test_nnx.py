@@ -138,6 +138,32 @@ def test_flax_overwrites_the_layer_and_we_do_not():
     assert_bitwise_equal(ours(x), first)
 
 
+def test_tied_weights_and_jit_cache_are_left_alone_where_flax_changes_them():
+    x = normal(1, 2, 3)
+    for weight_norm, changes in [
+        (lambda layer: nnx.WeightNorm(layer, rngs=nnx.Rngs(0)), True),
+        (wn.WeightNorm, False),
+    ]:
+        layer = nnx.Linear(3, 3, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        tied = nnx.Linear(3, 3, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
+        tied.kernel = layer.kernel  # one Variable used by two layers
+        before = tied(x)
+        model = weight_norm(layer)
+        traces = []
+
+        @nnx.jit
+        def forward(model, x, traces=traces):
+            traces.append(None)
+            return model(x)
+
+        for _ in range(3):
+            forward(model, x)
+        # flax writes a float32 kernel into the bf16 layer: the tied layer computes
+        # something else, and the state's new dtype makes nnx.jit trace again.
+        assert (not np.array_equal(tied(x), before)) == changes
+        assert len(traces) == (2 if changes else 1)
+
+
 # --- the same function as our Linen adapter; a property ------------------------------
 
 _floats = st.floats(-4, 4, width=32)
@@ -349,7 +375,21 @@ def test_zero_kernel_gives_finite_outputs_and_gradients():
     assert_same_tree(grads["layer_instance"], theirs["layer_instance"])
 
 
+class IntegerKernel(nnx.Module):
+    def __init__(self):
+        self.kernel = nnx.Param(jnp.arange(6, dtype=jnp.int32).reshape(2, 3))
+
+    def __call__(self, x):
+        return self.kernel[...] * x
+
+
 def test_errors_name_the_offending_path():
+    with pytest.raises(IndexError):  # flax's own error
+        nnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), feature_axes=2, rngs=nnx.Rngs(0))
+    theirs = nnx.WeightNorm(IntegerKernel(), rngs=nnx.Rngs(0))
+    assert theirs(1).dtype == jnp.float32  # flax silently casts an integer param
+    with pytest.raises(ValueError, match=r"'kernel' has dtype int32"):
+        wn.WeightNorm(IntegerKernel())
     with pytest.raises(
         ValueError, match=r"axis 2 is out of range for variable 'kernel' with shape \(3, 4\)"
     ):
