@@ -15,6 +15,7 @@ from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from jax.sharding import PartitionSpec as P
 
 from tests.peers import assert_bitwise_equal
 from weightnorm.adapters import linen as wl
@@ -288,6 +289,24 @@ def test_batch_stats_and_dropout_rngs_pass_through():
     assert not np.array_equal(step(ours, x), step(ours, x))
     ours.eval()  # flips the wrapped BatchNorm and Dropout
     assert_bitwise_equal(ours(x), ours(x))
+
+
+def test_scale_of_a_partitioned_kernel_is_sharded_like_its_feature_axes():
+    mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Explicit,))
+    init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+    with jax.set_mesh(mesh):
+        layers = [nnx.Linear(3, 4, kernel_init=init, rngs=nnx.Rngs(0)) for _ in range(2)]
+    ours = wn.WeightNorm(layers[0])  # made outside the mesh's context
+    theirs = nnx.WeightNorm(layers[1], rngs=nnx.Rngs(0))
+    specs = nnx.get_partition_spec(nnx.state(ours))
+    assert specs["layer_instance"]["kernel"].get_value() == P(None, "model")
+    assert specs["scales"]["kernel/scale"].get_value() == P("model")
+    assert ours.scales["kernel/scale"][...].sharding.spec == P("model")
+    # flax leaves the scale unannotated (replicated).
+    assert not isinstance(theirs.scales[("kernel",)], nnx.Variable)
+    x = normal(1, 2, 3)
+    with jax.set_mesh(mesh):
+        assert_bitwise_equal(nnx.jit(lambda m, x: m(x))(ours, x), theirs(x))
 
 
 def test_filter_spellings():

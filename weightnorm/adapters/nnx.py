@@ -109,7 +109,8 @@ class WeightNorm(nnx.Module):
       layer_instance: the wrapped module, holding the directions `v`.
       scales: `{"<path in layer>/scale": nnx.Param}`, e.g. `"kernel/scale"`,
         so `flatten(wrapper)` has `"scales/kernel/scale"`; empty when
-        `use_scale=False`.
+        `use_scale=False`. A scale is sharded like its param's feature axes
+        (the param's `out_sharding` names at those axes, and its mesh).
       config: the core settings (a static attribute).
 
     Example:
@@ -190,8 +191,14 @@ class WeightNorm(nnx.Module):
         )
         self.layer_instance = layer_instance
         flat = {key: param.get_value() for key, (_, param) in params.items()}
+        scales = _init_scales(flat, self.config, rngs)
         self.scales = nnx.data(
-            {key: nnx.Param(scale) for key, scale in _init_scales(flat, self.config, rngs).items()}
+            {
+                key: _scale_param(
+                    scale, params[key.removesuffix(core.SCALE_SUFFIX)][1], self.config
+                )
+                for key, scale in scales.items()
+            }
         )
 
     def normalized_layer(self) -> nnx.Module:
@@ -239,6 +246,31 @@ def _init_scales(
             f"`scale_init` needs randomness to make {sorted(core.scale_shapes(flat, config))}: "
             "pass `rngs=nnx.Rngs(0)` (or any seed) to WeightNorm."
         ) from error
+
+
+def _scale_param(scale: jax.Array, param: nnx.Variable, config: core.WeightNormConfig) -> nnx.Param:
+    """The scale as an `nnx.Param`, sharded as `param`'s feature axes are.
+
+    A param made with `nnx.with_partitioning(init, (None, "model"))` carries
+    `out_sharding=(None, "model")`; the scale of its feature axis `-1` gets
+    `("model",)`, and the param's mesh (from its metadata or its value's
+    sharding), so it is made sharded even outside the mesh's context.
+    """
+    metadata = param.get_metadata()
+    names = metadata.get("out_sharding")
+    if not names:
+        return nnx.Param(scale)
+    ndim = len(names)
+    axes = config.feature_axes
+    axes = () if axes is None else (axes,) if isinstance(axes, int) else axes
+    sharding = {"out_sharding": tuple(names[axis] for axis in sorted(a % ndim for a in axes))}
+    for name in ("mesh", "sharding_rules", "eager_sharding"):
+        if metadata.get(name) is not None:
+            sharding[name] = metadata[name]
+    value_sharding = getattr(param.get_value(), "sharding", None)
+    if sharding.get("mesh") is None and isinstance(value_sharding, jax.sharding.NamedSharding):
+        sharding["mesh"] = value_sharding.mesh
+    return nnx.Param(scale, **sharding)
 
 
 def flatten(node: nnx.Module | nnx.State) -> dict[str, Any]:
