@@ -269,6 +269,22 @@ def test_jit_split_merge_and_eager_agree():
     assert_same_tree(wn.flatten(model), before)  # nothing was written back
 
 
+def test_vmapped_ensemble_has_per_member_scales_like_flax():
+    def ensemble(weight_norm):
+        @nnx.vmap
+        def make(key):
+            return weight_norm(nnx.Linear(3, 4, rngs=nnx.Rngs(key)))
+
+        return make(jax.random.split(jax.random.key(0), 3))
+
+    ours = ensemble(wn.WeightNorm)
+    theirs = ensemble(lambda layer: nnx.WeightNorm(layer, rngs=nnx.Rngs(0)))
+    assert ours.scales["kernel/scale"][...].shape == (3, 4)
+    forward = nnx.vmap(lambda m, x: m(x), in_axes=(0, None))
+    x = normal(1, 2, 3)
+    assert_bitwise_equal(forward(ours, x), forward(theirs, x))
+
+
 def test_batch_stats_and_dropout_rngs_pass_through():
     x = normal(1, 8, 3) * 3 + 1
     ours = wn.WeightNorm(Block(nnx.Rngs(0)))
