@@ -99,6 +99,8 @@ def test_first_call_is_bitwise_flax_nnx(layer, axes, filt, use_scale, layer_dtyp
         }
         for path, scale in theirs.scales.items():
             assert_bitwise_equal(ours.scales["/".join(path) + "/scale"][...], scale)
+    else:
+        assert theirs.scales is None and ours.scales == {}
     raw = wn.flatten(ours.layer_instance)  # arrays: a snapshot, not the live variables
 
     # Gradients first: flax's wrapper overwrites its layer's params even under nnx.grad.
