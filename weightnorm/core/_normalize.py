@@ -16,8 +16,8 @@ from ._tree import check_flat
 
 __all__ = ["scale_shapes", "init_scales", "normalize", "decompose", "SCALE_SUFFIX"]
 
-#: Scales are keyed by the variable's path plus this suffix, as in flax.
 SCALE_SUFFIX = "/scale"
+"""Scales are keyed by the variable's path plus this suffix, as in flax."""
 
 
 class _Target(NamedTuple):
