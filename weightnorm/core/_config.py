@@ -101,7 +101,7 @@ class WeightNormConfig:
     Raises:
       TypeError, ValueError: for a value of the wrong type or out of range.
 
-    Example:
+    Examples:
       >>> config = WeightNormConfig(feature_axes=(0, -1), variable_filter="kernel")
       >>> config.variable_filter
       frozenset({'kernel'})

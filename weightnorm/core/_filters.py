@@ -78,7 +78,7 @@ def select(flat: Mapping[str, Any], variable_filter: VariableFilter) -> list[str
     Raises:
       TypeError: for a filter of the wrong type or with a non-string item.
 
-    Example:
+    Examples:
       >>> select({"Dense_0/kernel": 0, "Dense_0/bias": 0}, {"kernel"})
       ['Dense_0/kernel']
     """
