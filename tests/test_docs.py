@@ -1,6 +1,6 @@
 """The README and every page of docs/ are tested, so no example can rot.
 
-Rules for the pages (docs/CONTRIBUTING rules live here, where they are enforced):
+The rules for every page, enforced here:
 
 - Every ```python block runs, in page order, one namespace per page. There is
   no way to skip a python block.
@@ -30,10 +30,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 NOT_EXECUTED = frozenset({"bash", "console", "shell", "sh", "text"})
-# A fence opens with ``` (possibly indented, e.g. inside an admonition) and an info
-# string, and closes with ``` at the same indentation.
+# A fence opens with ``` or ~~~ (possibly indented, e.g. inside an admonition) and an
+# info string, and closes with the same fence at the same indentation.
 FENCE = re.compile(
-    r"^(?P<indent>[ ]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ ]*$",
+    r"^(?P<indent>[ ]*)(?P<fence>```|~~~)(?P<info>[^\n`~]*)\n"
+    r"(?P<body>.*?)^(?P=indent)(?P=fence)[ ]*$",
     re.MULTILINE | re.DOTALL,
 )
 
@@ -42,6 +43,7 @@ class Block(NamedTuple):
     language: str
     code: str
     line: int
+    start: int  # offset of the opening fence
     end: int  # offset just past the closing fence
 
 
@@ -52,7 +54,7 @@ def _blocks(text: str) -> list[Block]:
         language = info.split()[0].rstrip("}") if info else ""
         code = textwrap.dedent(match["body"])
         line = text.count("\n", 0, match.start()) + 1
-        blocks.append(Block(language, code, line, match.end()))
+        blocks.append(Block(language, code, line, match.start(), match.end()))
     return blocks
 
 
@@ -66,8 +68,7 @@ def _cases(text: str) -> list[tuple[Block, str | None]]:
         expected = None
         following = blocks[index + 1] if index + 1 < len(blocks) else None
         if following is not None and following.language == "text":
-            start = text.index("```", block.end)
-            if not text[block.end : start].strip():
+            if not text[block.end : following.start].strip():
                 expected = following.code
         cases.append((block, expected))
     return cases
@@ -125,12 +126,15 @@ def test_the_block_parser_pairs_code_with_its_output():
     text = (
         "```python\nprint(1)\n```\n\n```text\n1\n```\n"
         "  ```python\n  x = 2\n  ```\nprose\n```text\nnot output\n```\n"
+        "~~~python\nraise ValueError\n~~~\n~~~text\nValueError\n~~~\n"
     )
     cases = _cases(text)
     assert [(block.code, expected) for block, expected in cases] == [
         ("print(1)\n", "1\n"),
         ("x = 2\n", None),
+        ("raise ValueError\n", "ValueError\n"),
     ]
+    assert [block.language for block in _blocks("```\nx\n```\n```py\ny\n```\n")] == ["", "py"]
 
 
 def _nav_pages(node) -> list[str]:
