@@ -163,9 +163,8 @@ def test_readme_links_into_docs_exist():
 
 
 def test_pages_have_code():
-    for page in PAGES:
-        if page.parent.name != "api":
-            assert page.name == "differences.md" or _cases(page.read_text()), _name(page)
+    # Guards the parser: if it stopped finding blocks, every page would pass vacuously.
+    assert sum(len(_cases(page.read_text())) for page in PAGES) >= 50
 
 
 def test_readme_first_block_is_the_two_setup_commands():
