@@ -55,7 +55,7 @@ class PathFilter:
     Attributes:
       paths: the selected paths, e.g. `frozenset({"layers/0/weight"})`.
 
-    Example:
+    Examples:
       >>> PathFilter(frozenset({"weight"}))("weight"), PathFilter(frozenset({"weight"}))("bias")
       (True, False)
     """
@@ -101,7 +101,7 @@ def affine_weights(layer: Any) -> PathFilter:
     Returns:
       A `PathFilter` of the paths of those weights, keyed as `flatten` keys them.
 
-    Example:
+    Examples:
       >>> import jax, equinox as eqx
       >>> mlp = eqx.nn.MLP(2, 3, width_size=4, depth=1, key=jax.random.key(0))
       >>> affine_weights(mlp)
@@ -150,7 +150,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
     The default filter is fixed when the wrapper is made: a layer swapped in
     later (`eqx.tree_at`) brings no scales; wrap the new model again instead.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx
       >>> model = WeightNorm(eqx.nn.Linear(2, 3, key=jax.random.key(0)))
       >>> {name: scale.shape for name, scale in model.scales.items()}
@@ -243,7 +243,7 @@ def flatten(module: Any) -> dict[str, Any]:
     Non-array fields (activations, static settings) are left out. Keys of
     WeightNorm scales contain '/', so rebuild with `unflatten(flat, like)`.
 
-    Example:
+    Examples:
       >>> import jax, equinox as eqx
       >>> mlp = eqx.nn.MLP(2, 3, width_size=4, depth=1, key=jax.random.key(0))
       >>> list(flatten(mlp))
@@ -261,7 +261,7 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
     Raises:
       ValueError: listing the keys that `flat` lacks or has in excess.
 
-    Example:
+    Examples:
       >>> import jax, equinox as eqx
       >>> linear = eqx.nn.Linear(2, 3, key=jax.random.key(0))
       >>> zeroed = unflatten(jax.tree.map(jax.numpy.zeros_like, flatten(linear)), like=linear)

@@ -86,7 +86,7 @@ class WeightNorm(hk.Module):
       ValueError: as `WeightNormConfig` for settings out of range; at call
         time, naming the parameter's path, when a feature axis does not fit it.
 
-    Example:
+    Examples:
       >>> import haiku as hk, jax, jax.numpy as jnp
       >>> model = hk.transform(lambda x: WeightNorm(hk.Linear(4))(x))
       >>> params = model.init(jax.random.key(0), jnp.ones((1, 3)))
@@ -165,7 +165,7 @@ def flatten(params: Any) -> dict[str, Any]:
     Haiku's bundle names and the scale names contain '/', so rebuild with
     `unflatten(flat, like)`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> flatten({"mlp/~/linear_0": {"w": jnp.ones(2)}})
       {'mlp/~/linear_0/w': Array([1., 1.], dtype=float32)}
@@ -182,7 +182,7 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
     Raises:
       ValueError: listing the keys that `flat` lacks or has in excess.
 
-    Example:
+    Examples:
       >>> unflatten({"mlp/~/linear_0/w": 1.0}, like={"mlp/~/linear_0": {"w": 0.0}})
       {'mlp/~/linear_0': {'w': 1.0}}
     """

@@ -53,7 +53,7 @@ class WeightNorm(nn.Module):
         on `"<layer name>/<path>"` (default `{"kernel"}`); None or empty for
         every parameter; a bare string is one item; or a predicate on the path.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> model = WeightNorm(nn.Dense(3))
       >>> variables = model.init(jax.random.key(0), jnp.ones((1, 2)))
@@ -126,7 +126,7 @@ def flatten(variables: Any) -> dict[str, Any]:
 
     Keys of WeightNorm scales contain '/', so rebuild with `unflatten(flat, like)`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> flatten({"params": {"WeightNorm_0": {"Dense_0/kernel/scale": jnp.ones(2)}}})
       {'params/WeightNorm_0/Dense_0/kernel/scale': Array([1., 1.], dtype=float32)}

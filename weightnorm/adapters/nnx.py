@@ -113,7 +113,7 @@ class WeightNorm(nnx.Module):
         (the param's `out_sharding` names at those axes, and its mesh).
       config: the core settings (a static attribute).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> model = WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
@@ -290,7 +290,7 @@ def flatten(node: nnx.Module | nnx.State) -> dict[str, Any]:
       TypeError: when `node` is neither a module nor a state.
       ValueError: when two paths give the same key, naming both.
 
-    Example:
+    Examples:
       >>> from flax import nnx
       >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.relu)
       >>> sorted(flatten(nnx.state(model, nnx.Param)))
@@ -320,7 +320,7 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
       TypeError: when `like` is neither a module nor a state, or `flat` is not
         a dict with string keys.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))

@@ -15,9 +15,9 @@ from ._filters import VariableFilter, canonical_filter
 
 __all__ = ["WeightNormConfig", "FeatureAxes", "resolve_feature_axes"]
 
-#: One axis, several axes (any order, negatives allowed), or None for one norm
-#: over the whole array.
 FeatureAxes = int | tuple[int, ...] | None
+"""One axis, several axes (any order, negatives allowed), or None for one norm
+over the whole array."""
 
 
 def _inexact_dtype(name: str, value: Any) -> np.dtype:
@@ -101,7 +101,7 @@ class WeightNormConfig:
     Raises:
       TypeError, ValueError: for a value of the wrong type or out of range.
 
-    Example:
+    Examples:
       >>> config = WeightNormConfig(feature_axes=(0, -1), variable_filter="kernel")
       >>> config.variable_filter
       frozenset({'kernel'})

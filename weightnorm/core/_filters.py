@@ -9,10 +9,10 @@ from ._tree import check_flat
 
 __all__ = ["VariableFilter", "canonical_filter", "matches", "select"]
 
-#: The spellings a filter may take: `None` (every variable), one string or an
-#: iterable of strings (a path matches when one of them is a substring of it,
-#: flax's rule), or a predicate called with the '/'-joined path.
 VariableFilter = str | Iterable[str] | Callable[[str], bool] | None
+"""The spellings a filter may take: `None` (every variable), one string or an
+iterable of strings (a path matches when one of them is a substring of it,
+flax's rule), or a predicate called with the '/'-joined path."""
 
 # Canonical form: None (every variable), a frozenset of substrings, or a predicate.
 CanonicalFilter = frozenset | Callable[[str], bool] | None
@@ -78,7 +78,7 @@ def select(flat: Mapping[str, Any], variable_filter: VariableFilter) -> list[str
     Raises:
       TypeError: for a filter of the wrong type or with a non-string item.
 
-    Example:
+    Examples:
       >>> select({"Dense_0/kernel": 0, "Dense_0/bias": 0}, {"kernel"})
       ['Dense_0/kernel']
     """

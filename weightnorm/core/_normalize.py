@@ -16,8 +16,8 @@ from ._tree import check_flat
 
 __all__ = ["scale_shapes", "init_scales", "normalize", "decompose", "SCALE_SUFFIX"]
 
-#: Scales are keyed by the variable's path plus this suffix, as in flax.
 SCALE_SUFFIX = "/scale"
+"""Scales are keyed by the variable's path plus this suffix, as in flax."""
 
 
 class _Target(NamedTuple):
@@ -102,7 +102,7 @@ def scale_shapes(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str,
       ValueError: naming the path and shape when a feature axis is out of range
         for a selected variable, or a selected variable is not floating.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> scale_shapes({"Conv_0/kernel": jnp.zeros((3, 3, 2, 8))}, WeightNormConfig())
       {'Conv_0/kernel/scale': (8,)}
@@ -134,7 +134,7 @@ def init_scales(
       ValueError: as `scale_shapes`; also when `scale_init` returns an array of
         the wrong shape, or fails without a key.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> init_scales({"Dense_0/kernel": jnp.zeros((2, 3))}, WeightNormConfig())
       {'Dense_0/kernel/scale': Array([1., 1., 1.], dtype=float32)}
@@ -284,7 +284,7 @@ def normalize(
         wrong shape, or a feature axis does not fit a selected variable.
       TypeError: for a `flat`, `scales` or `config` of the wrong type.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> flat = {"Dense_0/kernel": jnp.array([[3.0], [4.0]]), "Dense_0/bias": jnp.ones(1)}
       >>> out = normalize(flat, {"Dense_0/kernel/scale": jnp.array([10.0])}, WeightNormConfig())
@@ -320,7 +320,7 @@ def decompose(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, ja
       ValueError: when `use_scale=False` (a unit-norm parametrisation cannot
         hold an arbitrary weight), and as `scale_shapes`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> decompose({"Dense_0/kernel": jnp.array([[3.0], [4.0]])}, WeightNormConfig())
       {'Dense_0/kernel/scale': Array([5.], dtype=float32)}

@@ -58,7 +58,7 @@ def flatten(tree: Any, sep: str = "/") -> dict[str, Any]:
       ValueError: when two different paths would give the same key (e.g.
         `{"a/b": x, "a": {"b": y}}`), naming both paths.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> flat = flatten({"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}})
       >>> {path: value.shape for path, value in flat.items()}
@@ -92,7 +92,7 @@ def unflatten(flat: Mapping[str, Any], like: Any = None, sep: str = "/") -> Any:
         of another so that a leaf would have to be a dict too.
       TypeError: when `flat` is not a mapping or a key is not a string.
 
-    Example:
+    Examples:
       >>> unflatten({"a/b": 1, "a/c": 2})
       {'a': {'b': 1, 'c': 2}}
       >>> unflatten({"mlp/~/linear_0/w": 1}, like={"mlp/~/linear_0": {"w": 0}})
