@@ -28,7 +28,12 @@ def test_importing_the_core_imports_no_framework():
 
 @pytest.mark.parametrize(
     ("adapter", "blocked", "extra"),
-    [("linen", "flax", "linen"), ("haiku", "haiku", "haiku"), ("equinox", "equinox", "equinox")],
+    [
+        ("linen", "flax", "linen"),
+        ("nnx", "flax", "nnx"),
+        ("haiku", "haiku", "haiku"),
+        ("equinox", "equinox", "equinox"),
+    ],
 )
 def test_adapter_without_its_framework_names_the_extra(adapter, blocked, extra):
     result = _run(

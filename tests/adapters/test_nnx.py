@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -502,12 +499,3 @@ def test_normalized_layer_exports_a_plain_module():
     np.testing.assert_allclose(np.linalg.norm(plain.kernel[...], axis=0), 3.0, rtol=1e-6)
     x = normal(1, 2, 3)
     assert_bitwise_equal(plain(x), model(x))
-
-
-def test_without_flax_the_import_error_names_the_extra():
-    code = "import sys; sys.modules['flax'] = None\nimport weightnorm.adapters.nnx"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode != 0
-    assert "pip install 'weightnorm[nnx]'" in result.stderr
