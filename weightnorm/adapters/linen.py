@@ -362,14 +362,5 @@ def data_dependent_init(
             model.apply(new, *args, **kwargs)
         return outputs
 
-    order = list(dict.fromkeys(path for path, _ in run(flat, owners)))
-    missing = sorted(set(owners) - set(order))
-    if missing:
-        raise ValueError(f"The wrapped layers {missing} were not called on this batch.")
-    targets = [(owners[path], f"{path}/bias" if f"{path}/bias" in flat else None) for path in order]
-
-    def preactivations(flat_params: Mapping[str, Any], index: int) -> Any:
-        return run(flat_params, {order[index]})[0][1]
-
-    flat = data_init_in_order(flat, targets, preactivations, feature_axis=-1, epsilon=epsilon)
+    flat = data_init_in_order(flat, owners, "bias", run, feature_axis=-1, epsilon=epsilon)
     return {**variables, "params": core.unflatten(flat, like=params)}

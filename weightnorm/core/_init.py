@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -138,8 +138,9 @@ def data_dependent_scale_bias(
 
 def data_init_in_order(
     flat: Mapping[str, Any],
-    targets: list[tuple[str, str | None]],
-    preactivations: Any,
+    owners: Mapping[str, str],
+    bias_name: str,
+    run: Callable[[dict[str, Any], set[str]], list[tuple[str, Any]]],
     *,
     feature_axis: int,
     epsilon: float,
@@ -148,23 +149,37 @@ def data_init_in_order(
 
     Args:
       flat: every parameter of the model, `{path: array}`.
-      targets: `(scale path, bias path or None)` per layer, in call order.
-      preactivations: `(flat, i) -> array`, the outputs of layer `i` when the
-        model runs with the parameters `flat`.
+      owners: `{layer path: path of its scale in flat}` for every wrapped layer.
+      bias_name: the name of a layer's bias; `"<layer path>/<bias_name>"` in
+        `flat` is the layer's bias, if there.
+      run: `(flat, layer paths) -> [(layer path, output), ...]`: runs the model
+        with the parameters `flat` and returns the outputs of the calls of
+        those layers, in call order.
       feature_axis: the axis of the output features in those outputs.
       epsilon: added to the variance.
 
     Returns:
-      `flat` with the scales and biases of the targets set: each layer is
-      initialized on the outputs of the layers before it, already initialized.
+      `flat` with the scales and biases of the layers set: each layer is
+      initialized on the outputs of the layers called before it, already
+      initialized.
+
+    Raises:
+      ValueError: when a layer is not called, or its scale or bias is not one
+        per output feature.
     """
     flat = dict(flat)
-    for index, (scale_path, bias_path) in enumerate(targets):
+    order = list(dict.fromkeys(layer for layer, _ in run(flat, set(owners))))
+    missing = sorted(set(owners) - set(order))
+    if missing:
+        raise ValueError(f"The wrapped layers {missing} were not called on this batch.")
+    for layer in order:
+        scale_path = owners[layer]
+        bias_path = f"{layer}/{bias_name}" if f"{layer}/{bias_name}" in flat else None
         old_scale = jnp.asarray(flat[scale_path])
         flat[scale_path] = jnp.ones_like(old_scale)
         if bias_path is not None:
             flat[bias_path] = jnp.zeros_like(flat[bias_path])
-        t = jnp.asarray(preactivations(flat, index))
+        t = jnp.asarray(run(flat, {layer})[0][1])
         scale, bias = data_dependent_scale_bias(t, feature_axis=feature_axis, epsilon=epsilon)
         if old_scale.shape != scale.shape:
             raise ValueError(
