@@ -216,8 +216,10 @@ def assert_weight_normed(
 
     For every variable `config` selects in `weights` (the weights the layer
     computes with, e.g. `weightnorm.fold`'s output), the norm over the
-    non-feature axes equals `|scale|` (1 when `use_scale=False`). A direction
-    that is all zeros gives a zero weight, which fails unless its scale is 0.
+    non-feature axes equals `|scale|` (1 when `use_scale=False`). Exactly, that
+    norm is `|scale| * ||v|| / sqrt(||v||^2 + epsilon)`, so this holds where
+    `||v||^2` is large next to `epsilon`; an all-zero direction gives a zero
+    weight, which fails unless its scale is 0.
 
     Args:
       weights: flat `{path: array}` effective weights.
