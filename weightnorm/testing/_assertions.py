@@ -116,6 +116,12 @@ def assert_trees_close(
     a_leaves, b_leaves = _same_structure(actual, expected, what)
     for path, a_leaf in a_leaves.items():
         a, b = _as_array(a_leaf), _as_array(b_leaves[path])
+        if a.dtype == object or b.dtype == object:  # functions, strings, ...: compared by ==
+            if not a_leaf == b_leaves[path]:
+                raise AssertionError(
+                    f"The {what} differ at leaf {path!r}: {a_leaf!r} vs {b_leaves[path]!r}."
+                )
+            continue
         if a.shape != b.shape:
             raise AssertionError(
                 f"The {what} differ at leaf {path!r}: shape {a.shape} vs {b.shape}."
