@@ -157,6 +157,23 @@ class _Model(nn.Module):
         return nn.Dense(2)(wl.WeightNorm(_MLP())(x))
 
 
+class _PlainModel(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(_MLP()(x))
+
+
+def test_linen_fold_of_a_model_holding_wrappers_gives_the_plain_models_variables():
+    model = _Model()
+    variables = wl.data_dependent_init(model, model.init(jax.random.key(0), X), X)
+    plain = wl.fold(model, variables)
+    expected = _PlainModel().init(jax.random.key(0), X)
+    assert jax.tree.map(jnp.shape, plain) == jax.tree.map(jnp.shape, expected)
+    assert_same_function(
+        lambda x: model.apply(variables, x), lambda x: _PlainModel().apply(plain, x), X
+    )
+
+
 def test_linen_data_dependent_init_standardizes_each_wrapped_layer():
     model = _Model()
     variables = wl.data_dependent_init(model, model.init(jax.random.key(0), X), X)

@@ -189,24 +189,36 @@ def _split(variables: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return layers[0], scales
 
 
-def fold(model: WeightNorm, variables: Mapping[str, Any]) -> dict[str, Any]:
-    """Variables of `model.layer_instance` with `scale * v / ||v||` baked in.
+def fold(
+    model: nn.Module, variables: Mapping[str, Any], config: core.WeightNormConfig | None = None
+) -> dict[str, Any]:
+    """Plain variables with `scale * v / ||v||` baked in and no scales.
 
-    The result has no scales and loads into the plain layer:
-    `model.layer_instance.apply(fold(model, variables), x)` equals
-    `model.apply(variables, x)` up to rounding. Every other collection
-    (`batch_stats`, ...) is carried over. `unfold` goes the other way.
+    - `model` a `WeightNorm`: the result is the variables of
+      `model.layer_instance`, so `model.layer_instance.apply(fold(model,
+      variables), x)` equals `model.apply(variables, x)` up to rounding; every
+      other collection (`batch_stats`, ...) is carried over.
+    - `model` any other module holding `WeightNorm`s (made in its compact
+      methods, as `WeightNorm(MLP())(x)`): every scale is folded into the
+      weight it names and dropped, so the result is the variables of the same
+      model written without the wrappers (the wrapped layers keep their names).
+      The wrappers' `epsilon`, `feature_axes` and `dtype` are `config`'s
+      (default: flax's); they must have `use_scale=True`.
+
+    `unfold` goes the other way for a `WeightNorm`.
 
     Args:
-      model: the `WeightNorm` whose variables these are (its settings are used).
+      model: the `WeightNorm`, or the module holding them.
       variables: `model.init(...)`'s variables (dict or FrozenDict).
+      config: the wrappers' settings, for a module holding them.
 
     Returns:
-      A plain dict of collections for the wrapped layer.
+      A plain dict of collections.
 
     Raises:
-      TypeError: when `model` is not a `WeightNorm` or `variables` has no 'params'.
-      ValueError: as `weightnorm.fold` (missing scales, NaN weights, ...).
+      TypeError: when `model` is not a Linen module or `variables` has no 'params'.
+      ValueError: as `weightnorm.fold` (missing scales, NaN weights, ...), and
+        when a module holding wrappers has no scales.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -216,12 +228,51 @@ def fold(model: WeightNorm, variables: Mapping[str, Any]) -> dict[str, Any]:
       >>> bool(jnp.allclose(nn.Dense(3).apply(plain, x), model.apply(variables, x)))
       True
     """
-    _check_model(model)
+    if not isinstance(model, WeightNorm):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Expected a Linen module, got {type(model).__name__}.")
+        return _fold_wrapped_inside(
+            variables, core.WeightNormConfig() if config is None else config
+        )
     name, scales = _split(variables)
     named = {name: variables["params"][name]}
     folded = core.fold(core.flatten(named), scales, model.config)
     plain = {c: dict(tree).get(name, {}) for c, tree in variables.items() if c != "params"}
     return {"params": core.unflatten(folded, like=named)[name], **plain}
+
+
+def _fold_wrapped_inside(variables: Any, config: core.WeightNormConfig) -> dict[str, Any]:
+    params = variables.get("params") if isinstance(variables, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise TypeError("Expected variables with a 'params' collection, as `model.init` returns.")
+    flat = core.flatten(params)
+    pairs = _wrapped_weights(params, flat)
+    if not pairs:
+        raise ValueError(
+            "The variables hold no weightnorm `WeightNorm` scales to fold (wrappers with "
+            "`use_scale=False` cannot be found from the variables alone)."
+        )
+    scale_paths = {scale for scale, _ in pairs}
+    weights = frozenset(weight for _, weight in pairs)
+    folded = core.fold(
+        {path: value for path, value in flat.items() if path not in scale_paths},
+        {weight + core.SCALE_SUFFIX: flat[scale] for scale, weight in pairs},
+        config.replace(variable_filter=weights.__contains__),
+    )
+
+    def rebuild(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                inner = rebuild(value, path + "/")
+                if inner or not value:  # drop the subtrees that held only scales
+                    out[key] = inner
+            elif path not in scale_paths:
+                out[key] = folded[path]
+        return out
+
+    return {**variables, "params": rebuild(params, "")}
 
 
 def unfold(model: WeightNorm, variables: Mapping[str, Any]) -> dict[str, Any]:
