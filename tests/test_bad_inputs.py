@@ -20,6 +20,7 @@ import weightnorm as wn
 from weightnorm.adapters import equinox as we
 from weightnorm.adapters import haiku as wh
 from weightnorm.adapters import linen as wl
+from weightnorm.testing import assert_same_function
 
 C = wn.WeightNormConfig()
 K = {"Dense_0/kernel": jnp.ones((2, 3)), "Dense_0/bias": jnp.zeros(3)}
@@ -27,6 +28,7 @@ S = {"Dense_0/kernel/scale": jnp.ones(3)}
 NAN = {"Dense_0/kernel": jnp.array([[1.0, jnp.nan]])}
 LINEN = wl.WeightNorm(nn.Dense(3))
 LINEAR = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+X = jnp.ones((1, 2))
 
 CASES = {
     # wrong types
@@ -55,12 +57,19 @@ CASES = {
         ValueError,
         "no weightnorm `WeightNorm` scales",
     ),
+    "linen/ddi-vars": (lambda: wl.data_dependent_init(LINEN, [1], X), TypeError, "'params'"),
+    "haiku/unfold": (lambda: wh.unfold([1]), TypeError, "Haiku params"),
+    "equinox/path-filter": (lambda: we.PathFilter(frozenset({1})), TypeError, "strings"),
+    "testing/model": (lambda: assert_same_function(1, abs, X), TypeError, "`model_a`"),
     # non-string keys
     "flat/int-key": (lambda: wn.normalize({1: jnp.ones(2)}, {}, C), TypeError, "keys must be"),
     "select/int-key": (lambda: wn.select({("a",): 1}, None), TypeError, "keys must be strings"),
     # missing and unexpected keys
     "normalize/missing": (lambda: wn.normalize(K, {}, C), ValueError, r"missing \['Dense_0/kernel"),
     "normalize/extra": (lambda: wn.normalize(K, {**S, "x/scale": 1}, C), ValueError, "x/scale"),
+    "linen/unflatten": (lambda: wl.unflatten({"a": 1}, like={}), ValueError, "unexpected keys"),
+    "haiku/unflatten": (lambda: wh.unflatten({}, like={"m": {"w": 0}}), ValueError, "m/w"),
+    "equinox/unflatten": (lambda: we.unflatten({}, like=LINEAR), ValueError, "'weight'"),
     "unflatten/like": (lambda: wn.unflatten({"a": 1}, like={"b": 0}), ValueError, "missing keys"),
     "haiku/unfold-name": (
         lambda: wh.unfold({"weight_norm": {"w": jnp.ones((2, 2))}}),
