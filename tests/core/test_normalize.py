@@ -19,6 +19,7 @@ from weightnorm.core import (
     scale_shapes,
     select,
 )
+from weightnorm.testing import assert_weight_normed
 
 PATH = "layer_instance/kernel"  # flax's name for a top-level WeightNorm's kernel
 
@@ -91,8 +92,8 @@ def test_feature_norms_equal_abs_scale(weight_axes, data):
     flat = {PATH: value}
     (shape,) = scale_shapes(flat, config).values()
     scale = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(-4, 4, width=32)))
-    out = normalize(flat, {PATH + "/scale": scale}, config)[PATH]
-    np.testing.assert_allclose(_norms(out, axes), np.abs(scale), rtol=2e-5, atol=1e-6)
+    scales = {PATH + "/scale": scale}
+    assert_weight_normed(normalize(flat, scales, config), scales, config)
 
 
 @given(weights_and_axes(allow_zero=False), st.floats(1e-2, 1e3))

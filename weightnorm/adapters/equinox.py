@@ -12,7 +12,7 @@ retrace.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 try:
@@ -25,8 +25,22 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
+from ..core._init import data_init_in_order
+from ..core._tree import path_key
 
-__all__ = ["WeightNorm", "PathFilter", "affine_weights", "flatten", "unflatten"]
+__all__ = [
+    "WeightNorm",
+    "PathFilter",
+    "affine_weights",
+    "data_dependent_init",
+    "flatten",
+    "fold",
+    "unflatten",
+    "unfold",
+]
+
+# Set by `data_dependent_init` only: `(wrapper, normalized layer) -> layer to call`.
+_CALL_HOOKS: list[Callable[[Any, Any], Any]] = []
 
 _Layer = TypeVar("_Layer")
 
@@ -171,7 +185,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         use_scale: bool = True,
-        scale_init: Any = jax.nn.initializers.ones,
+        scale_init: Any = "ones",
         feature_axes: core.FeatureAxes = 0,
         variable_filter: Any = _AFFINE_WEIGHTS,
         key: jax.Array | None = None,
@@ -186,7 +200,10 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
             array and its scale).
           param_dtype: dtype of the scales.
           use_scale: whether to learn a scale per feature.
-          scale_init: initializer `(key, shape, dtype) -> array` of the scales.
+          scale_init: `"ones"` (default), `"norm"` (each scale is the norm of
+            its weight, so the wrapper computes what `layer` computes, as
+            `equinox.nn.WeightNorm` and torch do; see `unfold`), or an
+            initializer `(key, shape, dtype) -> array`.
           feature_axes: axes that keep their own norm and scale (default 0, the
             output axis of Equinox weights); None for one norm per array.
           variable_filter: which arrays to normalize. Default: the `weight` of
@@ -222,7 +239,8 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
     def normalized_layer(self) -> _Layer:
         """The wrapped layer with its selected arrays replaced by `g * v / ||v||`.
 
-        The stored `layer` is not changed. Useful to export a plain module.
+        The stored `layer` is not changed. `fold(model)` does this for every
+        wrapper inside a model.
         """
         params, rest = _split_params(self.layer)
         normalized = core.normalize(core.flatten(params), self.scales, self.config)
@@ -234,7 +252,10 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         Every argument (`x`, `key=`, a `state`, ...) is passed through unchanged,
         and the layer's return value (e.g. `(y, state)`) is returned as it is.
         """
-        return self.normalized_layer()(*args, **kwargs)
+        layer = self.normalized_layer()
+        for hook in _CALL_HOOKS:
+            layer = hook(self, layer)
+        return layer(*args, **kwargs)
 
 
 def flatten(module: Any) -> dict[str, Any]:
@@ -270,3 +291,176 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
     """
     arrays, rest = eqx.partition(like, eqx.is_array)
     return eqx.combine(core.unflatten(flat, like=arrays), rest)
+
+
+def _is_wrapper(node: Any) -> bool:
+    return isinstance(node, WeightNorm)
+
+
+def fold(model: Any) -> Any:
+    """`model` with every `WeightNorm` inside it replaced by its plain layer, weights folded.
+
+    Each wrapper becomes its `normalized_layer()`: the wrapped layer with
+    `scale * v / ||v||` baked into its weights and no scales, computing the
+    same outputs. `model` may be a `WeightNorm` or any pytree holding some;
+    one holding none is returned as it is. `unfold` goes the other way.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, equinox as eqx
+      >>> model = WeightNorm(eqx.nn.Linear(2, 3, key=jax.random.key(0)))
+      >>> plain = fold(model)
+      >>> type(plain).__name__, bool(jnp.allclose(plain(jnp.ones(2)), model(jnp.ones(2))))
+      ('Linear', True)
+    """
+    return jax.tree.map(
+        lambda node: node.normalized_layer() if _is_wrapper(node) else node,
+        model,
+        is_leaf=_is_wrapper,
+    )
+
+
+def unfold(layer: _Layer, **kwargs: Any) -> WeightNorm[_Layer]:
+    """`WeightNorm(layer, scale_init="norm", **kwargs)`: a wrapper with `layer`'s outputs.
+
+    Each selected weight keeps its value as direction and gets its norm as
+    scale, so a plain (e.g. pretrained) model becomes a weight-normed one that
+    computes the same function; `fold` gives the plain model back.
+
+    Args:
+      layer: the plain module.
+      **kwargs: any other `WeightNorm` argument (`feature_axes`, ...).
+
+    Raises:
+      ValueError: as `WeightNorm`, and when a selected weight holds NaN or inf.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, equinox as eqx
+      >>> linear = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+      >>> bool(jnp.allclose(unfold(linear)(jnp.ones(2)), linear(jnp.ones(2))))
+      True
+    """
+    return WeightNorm(layer, scale_init="norm", **kwargs)
+
+
+def _where(key_path: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """The `eqx.tree_at` accessor of the node at `key_path`."""
+
+    def where(tree: Any) -> Any:
+        for entry in key_path:
+            if isinstance(entry, jax.tree_util.GetAttrKey):
+                tree = getattr(tree, entry.name)
+            elif isinstance(entry, jax.tree_util.SequenceKey):
+                tree = tree[entry.idx]
+            else:
+                tree = tree[entry.key]
+        return tree
+
+    return where
+
+
+class _Recorder:
+    """Calls a layer and records its output under a name."""
+
+    def __init__(self, layer: Any, name: str, calls: list[tuple[str, Any]]) -> None:
+        self.layer, self.name, self.calls = layer, name, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.layer(*args, **kwargs)
+        self.calls.append((self.name, out))
+        return out
+
+
+def _wrapped_layers(model: Any) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
+    """`{layer path: (wrapper path, scale path, key path of the layer in the wrapper)}`."""
+    found = {}
+    for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_wrapper)[0]:
+        if not _is_wrapper(node):
+            continue
+        wrapper = path_key(path) if path else ""
+        leaves = jax.tree_util.tree_flatten_with_path(node.layer)[0]
+        keys = {path_key(p): p for p, _ in leaves}
+        for scale in node.scales:
+            weight = scale[: -len(core.SCALE_SUFFIX)]
+            layer = "/".join(part for part in (wrapper, "layer", weight) if part)
+            layer = layer.rsplit("/", 1)[0]
+            scale_path = "/".join(part for part in (wrapper, "scales", scale) if part)
+            found[layer] = (wrapper, scale_path, keys[weight][:-1])
+    return found
+
+
+def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any:
+    """Data-dependent initialization (Salimans & Kingma 2016, section 3) of every wrapped layer.
+
+    `model` (a `WeightNorm`, or any module holding some) is called on each
+    example of `batch` (`jax.vmap(model)(batch)`). For each weight-normed
+    layer, in the order the model calls them, its outputs are computed with
+    scale 1 and bias 0 (so with the normalized direction:
+    `t = v . x / ||v||`), and it gets `scale = 1 / std(t)` and
+    `bias = -mean(t) / std(t)` per output feature (axis 0 of one example's
+    output: Equinox's layout; `weightnorm.data_dependent_scale_bias`). Later
+    layers see the outputs of those already initialized, so afterwards the
+    pre-activations of every wrapped layer have mean 0 and std 1 on the batch.
+    A layer's bias is its `bias` field; without one only the scale is set.
+
+    Args:
+      model: the Equinox model.
+      batch: inputs with a leading batch axis.
+      epsilon: added to the variance.
+
+    Returns:
+      `model` with the scales and biases set.
+
+    Raises:
+      ValueError: when `model` holds no `WeightNorm`, a wrapped layer is not
+        called, or its scale is not one per output feature.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, equinox as eqx
+      >>> model = WeightNorm(eqx.nn.Linear(3, 2, key=jax.random.key(0)))
+      >>> x = jax.random.normal(jax.random.key(1), (64, 3))
+      >>> y = jax.vmap(data_dependent_init(model, x))(x)
+      >>> jnp.round(y.mean(0), 3) + 0.0, jnp.round(y.std(0), 3)
+      (Array([0., 0.], dtype=float32), Array([1., 1.], dtype=float32))
+    """
+    layers = _wrapped_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} holds no weightnorm `WeightNorm` to initialize.")
+
+    def run(flat_params: Mapping[str, Any], wanted: set[str]) -> list[tuple[str, Any]]:
+        current = unflatten(flat_params, like=model)
+        wrappers = {
+            id(node): path_key(path) if path else ""
+            for path, node in jax.tree_util.tree_flatten_with_path(current, is_leaf=_is_wrapper)[0]
+            if _is_wrapper(node)
+        }
+        names: list[str] = []
+
+        def per_example(x: Any) -> list[Any]:
+            calls: list[tuple[str, Any]] = []
+
+            def hook(wrapper: Any, layer: Any) -> Any:
+                for name in wanted:
+                    wrapper_path, _, key_path = layers[name]
+                    if wrapper_path != wrappers.get(id(wrapper)):
+                        continue
+                    if not key_path:
+                        layer = _Recorder(layer, name, calls)
+                    else:
+                        replace = lambda node, name=name: _Recorder(node, name, calls)  # noqa: E731
+                        layer = eqx.tree_at(_where(key_path), layer, replace_fn=replace)
+                return layer
+
+            _CALL_HOOKS.append(hook)
+            try:
+                current(x)
+            finally:
+                _CALL_HOOKS.remove(hook)
+            names[:] = [name for name, _ in calls]
+            return [out for _, out in calls]
+
+        outputs = jax.vmap(per_example)(batch)
+        return list(zip(names, outputs, strict=True))
+
+    owners = {name: scale_path for name, (_, scale_path, _) in layers.items()}
+    flat = data_init_in_order(flatten(model), owners, "bias", run, feature_axis=1, epsilon=epsilon)
+    return unflatten(flat, like=model)

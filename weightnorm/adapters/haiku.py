@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
+from ..core._init import data_init_in_order
+from ..core._warnings import warn_if_nothing_selected
 
-__all__ = ["WeightNorm", "flatten", "unflatten"]
+__all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +71,9 @@ class WeightNorm(hk.Module):
         parameter and its scale).
       param_dtype: dtype of the scales.
       use_scale: whether to learn a scale per feature.
-      scale_init: jax-style initializer `(key, shape, dtype) -> array` of the
-        scales.
+      scale_init: `"ones"` (default), `"norm"` (the norm of the parameter's
+        initial value, so the wrapped module starts as the plain one), or a
+        jax-style initializer `(key, shape, dtype) -> array`.
       feature_axes: axes that keep their own norm (default: the last); None
         means one norm over the whole array.
       variable_filter: which parameters to normalize. The default selects the
@@ -102,7 +105,7 @@ class WeightNorm(hk.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         use_scale: bool = True,
-        scale_init: Callable[..., Any] = jax.nn.initializers.ones,
+        scale_init: str | Callable[..., Any] = "ones",
         feature_axes: core.FeatureAxes = -1,
         variable_filter: core.VariableFilter = _NamedParameter("w"),
         name: str | None = None,
@@ -130,13 +133,19 @@ class WeightNorm(hk.Module):
         Every argument is passed through to `module`, and its result returned.
         """
 
+        read: dict[str, None] = {}
+
         def getter(next_getter: Callable[[Any], Any], value: Any, context: Any) -> Any:
             if context.module is not self:  # the wrapper's own scales pass through
+                read[context.full_name] = None
                 value = self._normalize(context.full_name, value)
             return next_getter(value)
 
         with hk.custom_getter(getter, params=True, state=False):
-            return self.module(*args, **kwargs)
+            out = self.module(*args, **kwargs)
+        if hk.running_init():
+            warn_if_nothing_selected(read, self.config, stacklevel=2)
+        return out
 
     def _normalize(self, path: str, value: Any) -> Any:
         # A module method runs in this module's name scope, so the scales are
@@ -144,14 +153,21 @@ class WeightNorm(hk.Module):
         # as `hk.layer_stack` may add a prefix to that bundle's name).
         flat = {path: value}
         scales = {
-            key: hk.get_parameter(key, shape, self.config.param_dtype, init=self._scale_init)
+            key: hk.get_parameter(
+                key, shape, self.config.param_dtype, init=self._scale_init(flat, key)
+            )
             for key, shape in core.scale_shapes(flat, self.config).items()
         }
         return core.normalize(flat, scales, self.config)[path]
 
-    def _scale_init(self, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    def _scale_init(self, flat: dict[str, Any], key: str) -> Callable[..., jax.Array]:
+        if isinstance(self.config.scale_init, str):  # "ones" or "norm": no rng key
+            return lambda shape, dtype: core.init_scales(flat, self.config)[key]
+        return self._call_scale_init
+
+    def _call_scale_init(self, shape: tuple[int, ...], dtype: Any) -> jax.Array:
         # Haiku initializers take (shape, dtype); ours take a key first. An
-        # initializer that needs no randomness (the default `ones`) gets no key,
+        # initializer that needs no randomness (flax's `ones`) gets no key,
         # so it leaves the rng sequence, and every later parameter, as it was.
         try:
             return self.config.scale_init(None, shape, dtype)
@@ -187,3 +203,185 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
       {'mlp/~/linear_0': {'w': 1.0}}
     """
     return core.unflatten(flat, like=like)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Paths:
+    """Selects an exact set of full parameter names."""
+
+    paths: frozenset[str]
+
+    def __call__(self, path: str) -> bool:
+        return path in self.paths
+
+
+def _default_config() -> core.WeightNormConfig:
+    return core.WeightNormConfig(feature_axes=-1, variable_filter=_NamedParameter("w"))
+
+
+def _check_params(params: Any) -> None:
+    if not isinstance(params, Mapping) or not all(isinstance(b, Mapping) for b in params.values()):
+        raise TypeError(
+            "Expected Haiku params `{module name: {parameter name: array}}`, as "
+            f"`transformed.init` returns, got {type(params).__name__}."
+        )
+
+
+def _scale_entries(params: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """`(bundle, name) -> full name of the parameter it scales` of every WeightNorm scale."""
+    _check_params(params)
+    names = {f"{bundle}/{name}" for bundle, inner in params.items() for name in inner}
+    found = {}
+    for bundle, inner in params.items():
+        for name in inner:
+            weight = name[: -len(core.SCALE_SUFFIX)]
+            if name.endswith(core.SCALE_SUFFIX) and weight in names:
+                found[(bundle, name)] = weight
+    return found
+
+
+def fold(params: Any, config: core.WeightNormConfig | None = None) -> dict[str, Any]:
+    """Params of the plain (unwrapped) function, with `scale * v / ||v||` baked in.
+
+    Every WeightNorm scale (`"<wrapper>"/"<module>/<param>/scale"`) is folded
+    into the parameter it names and dropped, with bundles left empty removed,
+    so the result is what `hk.transform` of the same function without the
+    `WeightNorm` wrappers expects (the wrapped modules must be made outside the
+    wrapper, as in `WeightNorm(hk.Linear(4))`, so they keep their names).
+
+    Args:
+      params: Haiku params of the wrapped function.
+      config: the wrappers' `epsilon`, `feature_axes` and `dtype` (default:
+        `WeightNorm`'s defaults); the scales say which parameters are folded,
+        except with `use_scale=False`, where `variable_filter` does.
+
+    Returns:
+      Plain params `{module name: {parameter name: array}}`.
+
+    Raises:
+      TypeError: for params that are not Haiku's two-level dicts.
+      ValueError: as `weightnorm.fold`.
+
+    Example:
+      >>> import haiku as hk, jax, jax.numpy as jnp
+      >>> wrapped = hk.transform(lambda x: WeightNorm(hk.Linear(2))(x))
+      >>> plain = hk.transform(lambda x: hk.Linear(2)(x))
+      >>> x = jnp.ones((1, 3))
+      >>> params = wrapped.init(jax.random.key(0), x)
+      >>> bool(jnp.allclose(plain.apply(fold(params), None, x), wrapped.apply(params, None, x)))
+      True
+    """
+    config = _default_config() if config is None else config
+    entries = _scale_entries(params)
+    flat = {
+        f"{bundle}/{name}": value
+        for bundle, inner in params.items()
+        for name, value in inner.items()
+        if (bundle, name) not in entries
+    }
+    if config.use_scale:
+        config = config.replace(variable_filter=_Paths(frozenset(entries.values())))
+    scales = {weight + core.SCALE_SUFFIX: params[b][n] for (b, n), weight in entries.items()}
+    folded = core.fold(flat, scales, config)
+    plain = {
+        bundle: {n: folded[f"{bundle}/{n}"] for n in inner if (bundle, n) not in entries}
+        for bundle, inner in params.items()
+    }
+    return {bundle: inner for bundle, inner in plain.items() if inner}
+
+
+def unfold(
+    params: Any, config: core.WeightNormConfig | None = None, *, name: str = "weight_norm"
+) -> dict[str, Any]:
+    """Params of the wrapped function from params of the plain one, same outputs.
+
+    Each selected parameter keeps its value as direction and gets its norm as
+    scale (`weightnorm.unfold`), stored in the bundle `name` of the wrapper.
+
+    Args:
+      params: Haiku params of the plain function.
+      config: the wrapper's settings (default: `WeightNorm`'s defaults, which
+        select the parameters named `"w"`).
+      name: the wrapper's module name (`"weight_norm"` unless it was renamed).
+
+    Returns:
+      Params for the function with one `WeightNorm` wrapper named `name`.
+
+    Raises:
+      TypeError: for params that are not Haiku's two-level dicts.
+      ValueError: as `weightnorm.unfold`, or when a bundle `name` exists.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> unfold({"linear": {"w": jnp.array([[3.0], [4.0]]), "b": jnp.zeros(1)}})["weight_norm"]
+      {'linear/w/scale': Array([5.], dtype=float32)}
+    """
+    _check_params(params)
+    if name in params:
+        raise ValueError(f"The params already have a bundle {name!r}; pass another `name`.")
+    config = _default_config() if config is None else config
+    directions, scales = core.unfold(flatten(params), config)
+    return {**unflatten(directions, like=params), name: scales}
+
+
+def data_dependent_init(
+    apply: Callable[..., Any], params: Any, *args: Any, epsilon: float = 1e-6, **kwargs: Any
+) -> dict[str, Any]:
+    """Data-dependent initialization (Salimans & Kingma 2016, section 3) of every wrapped module.
+
+    For each weight-normed module, in the order the function calls them, its
+    outputs on the batch are computed with scale 1 and bias 0 (so with the
+    normalized direction: `t = x . v / ||v||`), and it gets
+    `scale = 1 / std(t)` and `bias = -mean(t) / std(t)` per output feature
+    (last axis; `weightnorm.data_dependent_scale_bias`). Later modules see the
+    outputs of those already initialized, so afterwards the pre-activations of
+    every wrapped module have mean 0 and std 1 on this batch. A module's bias
+    is its parameter `"b"`; without one only the scale is set.
+
+    Args:
+      apply: the transformed function's `apply`, called as
+        `apply(params, *args, **kwargs)`, e.g. `transformed.apply` with
+        `args = (rng, batch)` (or `(state, rng, batch)` with state).
+      params: the params to start from, e.g. from `transformed.init`.
+      *args: the arguments after `params`.
+      epsilon: added to the variance.
+      **kwargs: keyword arguments of `apply`.
+
+    Returns:
+      `params` with the scales and biases set.
+
+    Raises:
+      ValueError: when `params` has no WeightNorm scales, a wrapped module is
+        not called, or its scale is not one per output feature.
+
+    Example:
+      >>> import haiku as hk, jax, jax.numpy as jnp
+      >>> model = hk.transform(lambda x: WeightNorm(hk.Linear(2))(x))
+      >>> x = jax.random.normal(jax.random.key(0), (64, 3))
+      >>> params = data_dependent_init(model.apply, model.init(jax.random.key(1), x), None, x)
+      >>> y = model.apply(params, None, x)
+      >>> jnp.round(y.mean(0), 3) + 0.0, jnp.round(y.std(0), 3)
+      (Array([0., 0.], dtype=float32), Array([1., 1.], dtype=float32))
+    """
+    entries = _scale_entries(params)
+    if not entries:
+        raise ValueError("The params hold no weightnorm `WeightNorm` scales to initialize.")
+    flat = flatten(params)
+    owners = {weight.rsplit("/", 1)[0]: f"{b}/{n}" for (b, n), weight in entries.items()}
+
+    def run(flat_params: Mapping[str, Any], wanted: Any) -> list[tuple[str, Any]]:
+        outputs: list[tuple[str, Any]] = []
+
+        def interceptor(next_fun: Any, a: Any, k: Any, context: Any) -> Any:
+            out = next_fun(*a, **k)
+            name = context.module.module_name
+            if context.method_name == "__call__" and name in wanted:
+                outputs.append((name, out))
+            return out
+
+        with hk.intercept_methods(interceptor):
+            apply(unflatten(flat_params, like=params), *args, **kwargs)
+        return outputs
+
+    flat = data_init_in_order(flat, owners, "b", run, feature_axis=-1, epsilon=epsilon)
+    return unflatten(flat, like=params)

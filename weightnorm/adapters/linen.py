@@ -22,8 +22,10 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 import jax.numpy as jnp
 
 from .. import core
+from ..core._init import data_init_in_order
+from ..core._warnings import warn_if_nothing_selected
 
-__all__ = ["WeightNorm", "flatten", "unflatten"]
+__all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
 
 
 class WeightNorm(nn.Module):
@@ -46,7 +48,11 @@ class WeightNorm(nn.Module):
         parameter and its scale).
       param_dtype: dtype of the scales.
       use_scale: whether to learn a scale per feature.
-      scale_init: initializer of the scales.
+      scale_init: flax's `ones` initializer (default; `"ones"` is the same), `"norm"` (the norm of
+        the layer's initial weight, so the wrapped layer starts as the plain
+        layer: flax stores the normalized weight at init, which with this
+        scale is the initial weight itself), or an initializer
+        `(key, shape, dtype) -> array`.
       feature_axes: axes that keep their own norm (default: the last); None
         means one norm over the whole array.
       variable_filter: which parameters to normalize, by flax's substring rule
@@ -113,9 +119,13 @@ class WeightNorm(nn.Module):
         # on and names the scales after.
         named = {self.layer_instance.name: params}
         flat = core.flatten(named)
+        shapes = core.scale_shapes(flat, config)
+        if self.is_initializing():
+            warn_if_nothing_selected(flat, config, stacklevel=2)
+        initializer = _scale_initializer(flat, config)
         scales = {
-            name: self.param(name, config.scale_init, shape, config.param_dtype)
-            for name, shape in core.scale_shapes(flat, config).items()
+            name: self.param(name, initializer(name), shape, config.param_dtype)
+            for name, shape in shapes.items()
         }
         normalized = core.normalize(flat, scales, config)
         return core.unflatten(normalized, like=named)[self.layer_instance.name]
@@ -141,3 +151,267 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
       ValueError: listing the keys that `flat` lacks or has in excess.
     """
     return core.unflatten(flat, like=like)
+
+
+def _scale_initializer(flat: Mapping[str, Any], config: core.WeightNormConfig) -> Any:
+    """`name -> init_fn(key, *args)` for `Module.param`: the callable, or "ones"/"norm"."""
+    if callable(config.scale_init):
+        return lambda name: config.scale_init
+    made: dict[str, Any] = {}
+
+    def initializer(name: str) -> Any:
+        def init_fn(key: Any, *args: Any) -> Any:
+            if not made:  # one pass over the layer's variables makes every scale
+                made.update(core.init_scales(flat, config))
+            return made[name]
+
+        return init_fn
+
+    return initializer
+
+
+def _split(variables: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name of the wrapped layer's subtree, the wrapper's scales) of `WeightNorm` variables."""
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError(
+            "Expected the variables of a `WeightNorm` (a dict with a 'params' "
+            f"collection, as `model.init` returns), got {type(variables).__name__}."
+        )
+    params = variables["params"]
+    scales = {k: v for k, v in params.items() if k.endswith(core.SCALE_SUFFIX) and "/" in k}
+    layers = [k for k in params if k not in scales]
+    if len(layers) != 1:
+        raise ValueError(
+            "Expected the variables of one `WeightNorm`: its layer's subtree plus its "
+            f"'<path>/scale' entries, but 'params' has the subtrees {layers}. Fold the "
+            "variables of each wrapper, e.g. `fold(wrapper, variables['params'][...])`."
+        )
+    return layers[0], scales
+
+
+def fold(
+    model: nn.Module, variables: Mapping[str, Any], config: core.WeightNormConfig | None = None
+) -> dict[str, Any]:
+    """Plain variables with `scale * v / ||v||` baked in and no scales.
+
+    - `model` a `WeightNorm`: the result is the variables of
+      `model.layer_instance`, so `model.layer_instance.apply(fold(model,
+      variables), x)` equals `model.apply(variables, x)` up to rounding; every
+      other collection (`batch_stats`, ...) is carried over.
+    - `model` any other module holding `WeightNorm`s (made in its compact
+      methods, as `WeightNorm(MLP())(x)`): every scale is folded into the
+      weight it names and dropped, so the result is the variables of the same
+      model written without the wrappers (the wrapped layers keep their names).
+      The wrappers' `epsilon`, `feature_axes` and `dtype` are `config`'s
+      (default: flax's); they must have `use_scale=True`.
+
+    `unfold` goes the other way for a `WeightNorm`.
+
+    Args:
+      model: the `WeightNorm`, or the module holding them.
+      variables: `model.init(...)`'s variables (dict or FrozenDict).
+      config: the wrappers' settings, for a module holding them.
+
+    Returns:
+      A plain dict of collections.
+
+    Raises:
+      TypeError: when `model` is not a Linen module or `variables` has no 'params'.
+      ValueError: as `weightnorm.fold` (missing scales, NaN weights, ...), and
+        when a module holding wrappers has no scales.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> model, x = WeightNorm(nn.Dense(3)), jnp.ones((1, 2))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> plain = fold(model, variables)
+      >>> bool(jnp.allclose(nn.Dense(3).apply(plain, x), model.apply(variables, x)))
+      True
+    """
+    if not isinstance(model, WeightNorm):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Expected a Linen module, got {type(model).__name__}.")
+        return _fold_wrapped_inside(
+            variables, core.WeightNormConfig() if config is None else config
+        )
+    name, scales = _split(variables)
+    named = {name: variables["params"][name]}
+    folded = core.fold(core.flatten(named), scales, model.config)
+    plain = {c: dict(tree).get(name, {}) for c, tree in variables.items() if c != "params"}
+    return {"params": core.unflatten(folded, like=named)[name], **plain}
+
+
+def _fold_wrapped_inside(variables: Any, config: core.WeightNormConfig) -> dict[str, Any]:
+    params = variables.get("params") if isinstance(variables, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise TypeError("Expected variables with a 'params' collection, as `model.init` returns.")
+    flat = core.flatten(params)
+    pairs = _wrapped_weights(params, flat)
+    if not pairs:
+        raise ValueError(
+            "The variables hold no weightnorm `WeightNorm` scales to fold (wrappers with "
+            "`use_scale=False` cannot be found from the variables alone)."
+        )
+    scale_paths = {scale for scale, _ in pairs}
+    weights = frozenset(weight for _, weight in pairs)
+    folded = core.fold(
+        {path: value for path, value in flat.items() if path not in scale_paths},
+        {weight + core.SCALE_SUFFIX: flat[scale] for scale, weight in pairs},
+        config.replace(variable_filter=weights.__contains__),
+    )
+
+    def rebuild(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                inner = rebuild(value, path + "/")
+                if inner or not value:  # drop the subtrees that held only scales
+                    out[key] = inner
+            elif path not in scale_paths:
+                out[key] = folded[path]
+        return out
+
+    return {**variables, "params": rebuild(params, "")}
+
+
+def unfold(model: WeightNorm, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables of `model` whose function is the plain layer's `variables`.
+
+    Each selected weight becomes its own direction with its norm as scale
+    (`weightnorm.unfold`), so `model.apply(unfold(model, variables), x)` equals
+    `model.layer_instance.apply(variables, x)` up to rounding: a pretrained
+    plain layer becomes a weight-normed one. The inverse of `fold`.
+
+    Args:
+      model: the `WeightNorm` to make variables for (`use_scale` must be True).
+      variables: variables of the plain layer `model.layer_instance`.
+
+    Returns:
+      A plain dict of collections for `model`.
+
+    Raises:
+      TypeError, ValueError: as `fold`, and as `weightnorm.unfold`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> plain = nn.Dense(3).init(jax.random.key(0), jnp.ones((1, 2)))
+      >>> wrapped = unfold(WeightNorm(nn.Dense(3)), plain)
+      >>> sorted(wrapped["params"])
+      ['layer_instance', 'layer_instance/kernel/scale']
+    """
+    _check_model(model)
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError(
+            "Expected the variables of the plain layer (a dict with a 'params' "
+            f"collection), got {type(variables).__name__}."
+        )
+    name = model.layer_instance.name or "layer_instance"
+    named = {name: variables["params"]}
+    directions, scales = core.unfold(core.flatten(named), model.config)
+    rest = {c: {name: tree} for c, tree in variables.items() if c != "params"}
+    return {"params": {**core.unflatten(directions, like=named), **scales}, **rest}
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, WeightNorm):
+        raise TypeError(
+            f"Expected a weightnorm.adapters.linen.WeightNorm, got {type(model).__name__}."
+        )
+
+
+def _wrapped_weights(params: Mapping[str, Any], flat: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(scale path, weight path) of every WeightNorm scale in a model's params.
+
+    A wrapper's scales are named after the weight's path relative to the
+    wrapper (its `layer_instance` field) or to the wrapper's parent (a layer
+    made in the parent's compact method), so both are tried.
+    """
+    found = []
+
+    def walk(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, (*prefix, key))
+            elif key.endswith(core.SCALE_SUFFIX) and "/" in key:
+                relative = key[: -len(core.SCALE_SUFFIX)]
+                for base in (prefix, prefix[:-1]):
+                    weight = "/".join((*base, relative))
+                    if weight in flat:
+                        found.append(("/".join((*prefix, key)), weight))
+                        break
+
+    walk(params, ())
+    return found
+
+
+def data_dependent_init(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    *args: Any,
+    epsilon: float = 1e-6,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Data-dependent initialization (Salimans & Kingma 2016, section 3) of every wrapped layer.
+
+    `model` is any Linen module holding `WeightNorm` wrappers (or one itself).
+    For each weight-normed layer, in the order the model calls them, the
+    layer's outputs on the batch are computed with scale 1 and bias 0 (so
+    with the normalized direction: `t = x . v / ||v||`), and the layer gets
+    `scale = 1 / std(t)` and `bias = -mean(t) / std(t)` per output feature
+    (`weightnorm.data_dependent_scale_bias`). Later layers see the outputs of
+    the layers already initialized, so after init the pre-activations of every
+    wrapped layer have mean 0 and std 1 on this batch. A layer's bias is its
+    sibling parameter `bias`; without one only the scale is set. Output
+    features are on the last axis (Linen's Dense and Conv).
+
+    Args:
+      model: the Linen module.
+      variables: its variables, e.g. from `model.init`.
+      *args: the batch (and any other positional arguments of `model.apply`).
+      epsilon: added to the variance.
+      **kwargs: keyword arguments of `model.apply`.
+
+    Returns:
+      `variables` (as plain dicts) with the scales and biases set.
+
+    Raises:
+      ValueError: when the model has no `WeightNorm` scales, a wrapped layer is
+        not called on the batch, or its scale is not one per output feature.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> model, x = WeightNorm(nn.Dense(3)), jax.random.normal(jax.random.key(0), (64, 2))
+      >>> variables = data_dependent_init(model, model.init(jax.random.key(1), x), x)
+      >>> y = model.apply(variables, x)
+      >>> jnp.round(y.mean(0), 3) + 0.0, jnp.round(y.std(0), 3)
+      (Array([0., 0., 0.], dtype=float32), Array([1., 1., 1.], dtype=float32))
+    """
+    params = variables["params"] if isinstance(variables, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise TypeError("Expected variables with a 'params' collection, as `model.init` returns.")
+    flat = core.flatten(params)
+    weights = dict(_wrapped_weights(params, flat))
+    if not weights:
+        raise ValueError(
+            f"{type(model).__name__} has no weightnorm `WeightNorm` scales to initialize."
+        )
+    owners = {weight.rsplit("/", 1)[0]: scale for scale, weight in weights.items()}
+
+    def run(flat_params: Mapping[str, Any], wanted: Any) -> list[tuple[str, Any]]:
+        outputs: list[tuple[str, Any]] = []
+
+        def interceptor(next_fun: Any, a: Any, k: Any, context: Any) -> Any:
+            out = next_fun(*a, **k)
+            path = "/".join(context.module.path)
+            if context.method_name == "__call__" and path in wanted:
+                outputs.append((path, out))
+            return out
+
+        with nn.intercept_methods(interceptor):
+            new = {**variables, "params": core.unflatten(flat_params, like=params)}
+            model.apply(new, *args, **kwargs)
+        return outputs
+
+    flat = data_init_in_order(flat, owners, "bias", run, feature_axis=-1, epsilon=epsilon)
+    return {**variables, "params": core.unflatten(flat, like=params)}

@@ -7,7 +7,6 @@ import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -72,6 +71,24 @@ def _epsilon(value: Any) -> float:
     return epsilon
 
 
+#: The scale initializations named by a string; any other `scale_init` is a callable.
+SCALE_INITS = ("ones", "norm")
+
+
+def _check_scale_init(value: Any) -> None:
+    if isinstance(value, str):
+        if value not in SCALE_INITS:
+            raise ValueError(
+                f"`scale_init` {value!r} is not one of {SCALE_INITS}; pass one of them "
+                "or an initializer `(key, shape, dtype) -> array`."
+            )
+    elif not callable(value):
+        raise TypeError(
+            f"`scale_init` must be one of {SCALE_INITS} or an initializer "
+            f"`(key, shape, dtype) -> array`, got {value!r}."
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightNormConfig:
     """Every setting of weight normalization, with `flax.linen.WeightNorm`'s defaults.
@@ -88,7 +105,13 @@ class WeightNormConfig:
         of the variable and its scale (flax's rule).
       param_dtype: dtype of the scales that `init_scales` and `decompose` make.
       use_scale: whether a learnable scale multiplies each normalized variable.
-      scale_init: initializer `(key, shape, dtype) -> array` for the scales.
+      scale_init: how `init_scales` makes the scales: `"ones"` (the default,
+        flax's), `"norm"` (each scale is the norm of its variable, so the
+        normalized variable equals the variable and wrapping a layer leaves
+        its function unchanged: torch's and equinox's behaviour), or an
+        initializer `(key, shape, dtype) -> array`. For data-dependent
+        initialization see `data_dependent_scale_bias` and the adapters'
+        `data_dependent_init`.
       feature_axes: the axes that keep their own norm and scale (an int, a
         tuple of ints in any order, negatives allowed); every other axis is
         reduced. None (or `()`) means one norm over the whole array, with a
@@ -113,7 +136,7 @@ class WeightNormConfig:
     dtype: Any = None
     param_dtype: Any = jnp.float32
     use_scale: bool = True
-    scale_init: Callable[..., Any] = jax.nn.initializers.ones
+    scale_init: str | Callable[..., Any] = "ones"
     feature_axes: FeatureAxes = -1
     variable_filter: VariableFilter = frozenset({"kernel"})
 
@@ -126,11 +149,7 @@ class WeightNormConfig:
         if not isinstance(self.use_scale, (bool, np.bool_)):
             raise TypeError(f"`use_scale` must be a bool, got {self.use_scale!r}.")
         set_field(self, "use_scale", bool(self.use_scale))
-        if not callable(self.scale_init):
-            raise TypeError(
-                "`scale_init` must be an initializer `(key, shape, dtype) -> array`, "
-                f"got {self.scale_init!r}."
-            )
+        _check_scale_init(self.scale_init)
         set_field(self, "feature_axes", _feature_axes(self.feature_axes))
         set_field(self, "variable_filter", canonical_filter(self.variable_filter))
 

@@ -139,6 +139,10 @@ def init_scales(
       >>> init_scales({"Dense_0/kernel": jnp.zeros((2, 3))}, WeightNormConfig())
       {'Dense_0/kernel/scale': Array([1., 1., 1.], dtype=float32)}
     """
+    if isinstance(getattr(config, "scale_init", None), str):  # "ones" or "norm"
+        from ._init import init_scales as init_named_scales
+
+        return init_named_scales(flat, config, key)
     shapes = scale_shapes(flat, config)
     if not shapes:
         return {}
