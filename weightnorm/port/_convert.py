@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import core
-from ..core._layouts import from_layout, to_layout
+from ..core._layouts import LAYOUTS, from_layout, to_layout
 from ._frameworks import Model, read_model
 from ._layers import (
     Layer,
@@ -22,7 +22,7 @@ from ._layers import (
     read_layers,
 )
 
-__all__ = ["convert", "Pairing", "format_report"]
+__all__ = ["convert", "convert_models", "Pairing", "format_report"]
 
 #: epsilon inside each framework's weight norm: torch divides by the bare norm.
 _EPSILON = {"torch": 0.0, "linen": 1e-12, "nnx": 1e-12, "haiku": 1e-12, "equinox": 1e-12}
@@ -76,6 +76,7 @@ def _layers(model: Model) -> tuple[list[Layer], list[str]]:
         kind_hints=model.kind_hints,
         scale_of=model.scale_of,
         natural_order=model.natural_order,
+        scale_axes=model.scale_axes,
     )
 
 
@@ -153,8 +154,8 @@ def _pair(
         problems.append(
             "layers whose kind the parameters do not tell: "
             + ", ".join(f"{layer.path!r} ({' or '.join(layer.kinds)})" for layer in ambiguous)
-            + "; pass the model itself (an nn.Module / eqx.Module) rather than its "
-            "state dict, or an explicit `mapping`"
+            + "; name their kind with `kinds={path regex: kind}`, or pass the model "
+            "itself (a torch nn.Module, an Equinox or NNX module) rather than its params"
         )
     unmatched_src = [layer for queue in queues.values() for layer in queue]
     if unmatched_src:
@@ -235,13 +236,14 @@ def _port_layer(
         if p_dst.scale_key is not None:
             axes_dst = canonical_axes(dst, role, feature_axes(dst, role))
         if g is not None and axes_dst is not None and axes_src == axes_dst:
-            note += ", weight norm copied"
+            note += f", weight norm copied (feature axes {feature_axes(dst, role)})"
         elif g is not None:
             v = _normalized(v, g, axes_src, _EPSILON[src.framework])
             g = None
             note += ", weight norm folded" if axes_dst is None else ", weight norm refolded"
+            note += "" if axes_dst is None else f" (feature axes {feature_axes(dst, role)})"
         elif axes_dst is not None:
-            note += ", weight norm decomposed"
+            note += f", weight norm decomposed (feature axes {feature_axes(dst, role)})"
         if axes_dst is not None and g is None:
             g = _norm(v, axes_dst, _EPSILON[dst.framework])
         out[p_dst.key] = _framework(dst, role, v)
@@ -268,6 +270,7 @@ def convert(
     dst: str,
     like: Any,
     mapping: Mapping_ | None = None,
+    kinds: Mapping[str, str] | None = None,
     report: bool = False,
 ) -> Any:
     """Ports parameters between Linen, NNX, Haiku, Equinox and PyTorch.
@@ -296,6 +299,12 @@ def convert(
         `\\1` references in the replacement). Layer paths are module paths:
         `"ups.0"` (torch), `"params/Dense_0"` (Linen variables),
         `"layers/0/layer"` (an Equinox WeightNorm's inner layer).
+      kinds: optional `{regex: kind}` naming the kind of layers (source or
+        destination, by path, matched in full) whose parameters fit several
+        kinds: a custom-named Linen `kernel` of rank 3 is a Conv or a
+        ConvTranspose, a torch state dict's 2-D `weight` without bias a Linear
+        or an Embedding. Kinds are known without it for Equinox, NNX and torch
+        modules and for auto-named Linen/Haiku layers (`Conv_0`, `linear_1`).
       report: also return the pairing, a list of `Pairing`s.
 
     Returns:
@@ -319,9 +328,38 @@ def convert(
     """
     source = read_model(params, src, "src")
     target = read_model(like, dst, "dst")
+    result, pairings = convert_models(source, target, mapping, kinds)
+    return (result, pairings) if report else result
+
+
+def _apply_kinds(layers: list[Layer], kinds: Mapping[str, str] | None) -> list[str]:
+    problems = []
+    for pattern, kind in (kinds or {}).items():
+        if kind not in LAYOUTS:
+            problems.append(f"`kinds` names {kind!r}, which is not one of {list(LAYOUTS)}")
+        for layer in layers:
+            if re.fullmatch(pattern, layer.path):
+                if kind not in layer.kinds:
+                    problems.append(
+                        f"`kinds` says {layer.path!r} is a {kind!r}, but its parameters "
+                        f"fit only {list(layer.kinds)}"
+                    )
+                else:
+                    layer.kinds = (kind,)
+    return problems
+
+
+def convert_models(
+    source: Model,
+    target: Model,
+    mapping: Mapping_ | None = None,
+    kinds: Mapping[str, str] | None = None,
+) -> tuple[Any, list[Pairing]]:
+    """`convert` on the flat views of two models: (the rebuilt target, the pairing)."""
+    src, dst = source.framework, target.framework
     sources, unknown_src = _layers(source)
     targets, unknown_dst = _layers(target)
-    problems = []
+    problems = _apply_kinds(sources, kinds) + _apply_kinds(targets, kinds)
     if unknown_src:
         problems.append(f"source leaves of no layer kind the table knows: {unknown_src}")
     if unknown_dst:
@@ -331,7 +369,16 @@ def convert(
     out: dict[str, Any] = {}
     pairings = []
     for src_layer, dst_layer in pairs:
-        kind = dst_layer.kind if len(dst_layer.kinds) == 1 else src_layer.kind
+        common = [k for k in dst_layer.kinds if k in src_layer.kinds]
+        if not common:
+            problems.append(
+                f"{src_layer.path!r} ({' or '.join(src_layer.kinds)}) is mapped to "
+                f"{dst_layer.path!r} ({' or '.join(dst_layer.kinds)}), a different kind"
+            )
+            continue
+        if len({pairing_class(k) for k in common}) > 1:
+            continue  # reported with the ambiguous layers
+        kind = common[0]
         src_layer.kinds = dst_layer.kinds = (kind,)
         transform, layer_problems = _port_layer(src_layer, dst_layer, source, target, out)
         problems += layer_problems
@@ -341,8 +388,8 @@ def convert(
         problems.append(f"destination leaves left unfilled: {missing}")
     if problems:
         raise PortError(f"Cannot port {src} -> {dst}:\n  - " + "\n  - ".join(problems))
-    filled = {key: _cast_like(out[key], like_value) for key, like_value in target.flat.items()}
+    filled = {key: _cast_like(out[key], value) for key, value in target.flat.items()}
     if dst != "torch":
         filled = {key: jnp.asarray(value) for key, value in filled.items()}
     result = target.rebuild(filled)
-    return (result, pairings) if report else result
+    return result, pairings

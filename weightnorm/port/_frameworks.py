@@ -18,7 +18,7 @@ from .. import core
 from ..core._layouts import FRAMEWORKS
 from ._layers import PortError
 
-__all__ = ["Model", "read_model", "torch_split", "import_torch"]
+__all__ = ["Model", "read_model", "torch_split", "import_torch", "slash_split"]
 
 
 @dataclasses.dataclass
@@ -32,6 +32,7 @@ class Model:
     scale_of: dict[str, str]
     natural_order: bool
     rebuild: Callable[[dict[str, Any]], Any]
+    scale_axes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
 
 def import_torch() -> Any:
@@ -45,7 +46,7 @@ def import_torch() -> Any:
     return torch
 
 
-def _slash_split(has_collections: bool) -> Callable[[str], tuple[str, str, str | None]]:
+def slash_split(has_collections: bool) -> Callable[[str], tuple[str, str, str | None]]:
     def split(key: str) -> tuple[str, str, str | None]:
         parts = key.split("/")
         if has_collections:
@@ -107,7 +108,7 @@ def _read_linen(variables: Any) -> Model:
     return Model(
         "linen",
         flat,
-        _slash_split(has_collections),
+        slash_split(has_collections),
         {},
         _attach_scales(flat),
         _dict_order_lost(flat),
@@ -120,7 +121,7 @@ def _read_haiku(params: Any) -> Model:
     return Model(
         "haiku",
         flat,
-        _slash_split(False),
+        slash_split(False),
         {},
         _attach_scales(flat),
         _dict_order_lost(flat),
@@ -162,7 +163,7 @@ def _read_equinox(module: Any) -> Model:
     return Model(
         "equinox",
         flat,
-        _slash_split(False),
+        slash_split(False),
         hints,
         _attach_scales(flat),
         False,
@@ -207,7 +208,7 @@ def _read_nnx(obj: Any) -> Model:
         pairs = [(path, var.replace(new["/".join(map(str, path))])) for path, var in variables]
         return rebuild_state(nnx.from_flat_state(pairs))
 
-    return Model("nnx", flat, _slash_split(False), hints, {}, False, rebuild)
+    return Model("nnx", flat, slash_split(False), hints, {}, False, rebuild)
 
 
 _WN_NEW = re.compile(r"^(?:(.*)\.)?parametrizations\.(\w+)\.original([01])$")

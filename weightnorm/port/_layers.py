@@ -32,6 +32,7 @@ class Param:
     shape: tuple[int, ...]
     scale_key: str | None = None  # the flat key of its weight-norm scale g
     scale_shape: tuple[int, ...] | None = None
+    known_axes: tuple[int, ...] | None = None  # feature axes, where the model says
 
 
 @dataclasses.dataclass
@@ -103,6 +104,7 @@ def read_layers(
     kind_hints: Mapping[str, str],
     scale_of: Mapping[str, str],
     natural_order: bool,
+    scale_axes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[list[Layer], list[str]]:
     """Groups a flat dict into layers.
 
@@ -114,6 +116,7 @@ def read_layers(
       scale_of: scale key -> key of the variable it scales (JAX wrappers).
       natural_order: order layers by the natural order of their paths
         (auto-named Linen/Haiku layers whose dict order was lost).
+      scale_axes: scale key -> feature axes, where the model records them.
 
     Returns:
       (layers in model order, keys that belong to no layer the table knows).
@@ -155,6 +158,7 @@ def read_layers(
             if scale_key is not None:
                 param.scale_key = scale_key
                 param.scale_shape = tuple(np.shape(flat[scale_key]))
+                param.known_axes = (scale_axes or {}).get(scale_key)
             params[by_name[name]] = param
         layers.append(Layer(path, framework, tuple(kinds), params))
     return layers, unknown
@@ -169,6 +173,8 @@ def feature_axes(layer: Layer, role: str) -> tuple[int, ...]:
     is refused.
     """
     param = layer.params[role]
+    if param.known_axes is not None:
+        return param.known_axes
     shape, scale = param.shape, tuple(param.scale_shape or ())
     if layer.framework == "torch":
         if scale == ():
