@@ -148,7 +148,9 @@ def _pair(
         else:
             leftover.append(target)
     ambiguous = [
-        layer for layer in [*sources, *targets] if len({pairing_class(k) for k in layer.kinds}) > 1
+        layer
+        for layer in [*sources, *targets]
+        if len({pairing_class(k) for k in layer.kinds}) > 1 and id(layer) not in paired
     ]
     if ambiguous:
         problems.append(
@@ -297,7 +299,7 @@ def convert(
         layer path: a dict, or a sequence of `(regex, replacement)` rules
         matched in full against source layer paths (`re.fullmatch`, with
         `\\1` references in the replacement). Layer paths are module paths:
-        `"ups.0"` (torch), `"params/Dense_0"` (Linen variables),
+        `"ups.0"` (torch), `"Dense_0"` (Linen, without the collection),
         `"layers/0/layer"` (an Equinox WeightNorm's inner layer).
       kinds: optional `{regex: kind}` naming the kind of layers (source or
         destination, by path, matched in full) whose parameters fit several
@@ -368,7 +370,8 @@ def convert_models(
     problems += pairing_problems
     out: dict[str, Any] = {}
     pairings = []
-    for src_layer, dst_layer in pairs:
+    order = {id(layer): i for i, layer in enumerate(sources)}
+    for src_layer, dst_layer in sorted(pairs, key=lambda pair: order[id(pair[0])]):
         common = [k for k in dst_layer.kinds if k in src_layer.kinds]
         if not common:
             problems.append(

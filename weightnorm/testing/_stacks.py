@@ -36,7 +36,10 @@ class LayerSpec:
       dilation: kernel dilation (`"conv"` only).
       groups: feature groups (`"conv"` only); divides both channel counts.
       padding: torch-style symmetric padding along every spatial axis.
-      weight_norm: whether the layer is wrapped in weight norm (per output channel).
+      weight_norm: whether the layer is wrapped in weight norm, on each
+        framework's default feature axis (the output channel, except Haiku's
+        transposed convolutions: the input channel), torch's `dim` per output
+        channel (`dim=1` for transposed convolutions).
       use_bias: whether the layer has a bias.
     """
 
@@ -161,12 +164,13 @@ def _randomized(model: Any, framework: str, seed: int) -> Any:
     rng = np.random.default_rng(seed)
     new = {}
     for key, value in view.flat.items():
-        array = np.asarray(value)
-        if np.issubdtype(array.dtype, np.floating):
-            sample = rng.standard_normal(array.shape).astype(array.dtype) * 0.5
+        # Only shapes and dtypes are read: the model may hold `jax.ShapeDtypeStruct`s.
+        shape, dtype = tuple(value.shape), np.dtype(value.dtype)
+        array = np.zeros(shape, dtype)
+        if np.issubdtype(dtype, np.floating):
+            array = (rng.standard_normal(shape) * 0.5).astype(dtype)
             if key.endswith("scale") or key.endswith("_g") or key.endswith("original0"):
-                sample = np.abs(sample) + 0.5
-            array = sample
+                array = np.abs(array) + np.asarray(0.5, dtype)
         new[key] = array if framework == "torch" else _jnp(array)
     return view.rebuild(new)
 
@@ -216,7 +220,8 @@ def _linen(stack: LayerStack) -> tuple[Any, Callable]:
             return x
 
     model = Stack()
-    variables = model.init(jax.random.key(0), jnp.asarray(inputs(stack)))
+    # Shapes only (no compiled initializers): `build` fills in random values.
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(inputs(stack)))
     return variables, lambda params, x: np.asarray(model.apply(params, x))
 
 
@@ -253,16 +258,15 @@ def _haiku(stack: LayerStack) -> tuple[Any, Callable]:
                     with_bias=spec.use_bias,
                 )
             if spec.weight_norm:
-                # Haiku's transposed kernels are (..., out, in): out is axis -2.
-                layer = wh.WeightNorm(
-                    layer, feature_axes=-2 if spec.kind == "conv_transpose" else -1
-                )
+                # The default feature axis (-1): for Haiku's transposed kernels
+                # `(..., out, in)` that is the input channel.
+                layer = wh.WeightNorm(layer)
             x = layer(x)
             x = jnp.tanh(x) if i < len(stack.layers) - 1 else x
         return x
 
     model = hk.without_apply_rng(hk.transform(forward))
-    params = model.init(jax.random.key(0), jnp.asarray(inputs(stack)))
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(inputs(stack)))
     return params, lambda params, x: np.asarray(model.apply(params, x))
 
 
@@ -271,38 +275,20 @@ def _equinox(stack: LayerStack) -> tuple[Any, Callable]:
     import jax
     import jax.numpy as jnp
 
-    from ..adapters import equinox as we
+    def make() -> tuple[Any, ...]:
+        layers = []
+        keys = jax.random.split(jax.random.key(0), len(stack.layers))
+        for spec, c_in, key in zip(stack.layers, stack.channels(), keys, strict=False):
+            layers.append(_equinox_layer(stack, spec, c_in, key))
+        return tuple(layers)
 
-    layers = []
-    keys = jax.random.split(jax.random.key(0), len(stack.layers))
-    for spec, c_in, key in zip(stack.layers, stack.channels(), keys, strict=False):
-        if spec.kind == "dense":
-            layer = eqx.nn.Linear(c_in, spec.features, use_bias=spec.use_bias, key=key)
-        elif spec.kind == "conv":
-            layer = eqx.nn.Conv(
-                stack.spatial,
-                c_in,
-                spec.features,
-                spec.kernel_size,
-                spec.stride,
-                spec.padding,
-                spec.dilation,
-                spec.groups,
-                use_bias=spec.use_bias,
-                key=key,
-            )
-        else:
-            layer = eqx.nn.ConvTranspose(
-                stack.spatial,
-                c_in,
-                spec.features,
-                spec.kernel_size,
-                spec.stride,
-                padding=spec.padding,
-                use_bias=spec.use_bias,
-                key=key,
-            )
-        layers.append(we.WeightNorm(layer) if spec.weight_norm else layer)
+    shapes = eqx.filter_eval_shape(make)
+    layers = jax.tree.map(
+        lambda leaf: (
+            np.zeros(leaf.shape, leaf.dtype) if isinstance(leaf, jax.ShapeDtypeStruct) else leaf
+        ),
+        shapes,
+    )
     kinds = tuple(spec.kind for spec in stack.layers)
 
     def one(model: Any, x: Any) -> Any:  # x: (*spatial, channels)
@@ -316,10 +302,46 @@ def _equinox(stack: LayerStack) -> tuple[Any, Callable]:
             x = jnp.tanh(x) if i < len(kinds) - 1 else x
         return jnp.moveaxis(x, 0, -1)
 
-    def apply(model: Any, x: Any) -> np.ndarray:
-        return np.asarray(jax.vmap(lambda xi: one(model, xi))(jnp.asarray(x)))
+    batched = eqx.filter_jit(lambda model, x: jax.vmap(lambda xi: one(model, xi))(x))
 
-    return tuple(layers), apply
+    def apply(model: Any, x: Any) -> np.ndarray:
+        return np.asarray(batched(model, jnp.asarray(x)))
+
+    return layers, apply
+
+
+def _equinox_layer(stack: LayerStack, spec: LayerSpec, c_in: int, key: Any) -> Any:
+    import equinox as eqx
+
+    from ..adapters import equinox as we
+
+    if spec.kind == "dense":
+        layer = eqx.nn.Linear(c_in, spec.features, use_bias=spec.use_bias, key=key)
+    elif spec.kind == "conv":
+        layer = eqx.nn.Conv(
+            stack.spatial,
+            c_in,
+            spec.features,
+            spec.kernel_size,
+            spec.stride,
+            spec.padding,
+            spec.dilation,
+            spec.groups,
+            use_bias=spec.use_bias,
+            key=key,
+        )
+    else:
+        layer = eqx.nn.ConvTranspose(
+            stack.spatial,
+            c_in,
+            spec.features,
+            spec.kernel_size,
+            spec.stride,
+            padding=spec.padding,
+            use_bias=spec.use_bias,
+            key=key,
+        )
+    return we.WeightNorm(layer) if spec.weight_norm else layer
 
 
 def _nnx(stack: LayerStack) -> tuple[Any, Callable]:
