@@ -54,7 +54,9 @@ def test_port_keeps_outputs_and_round_trips_exactly(case):
 @given(layer_stacks(max_layers=2, spatial=(1,), weight_norm=True), st.data())
 def test_weight_norm_folds_into_and_decomposes_out_of_plain_layers(stack, data):
     # The destination has the same layers with weight norm on some and off others.
-    flags = data.draw(st.lists(st.booleans(), min_size=len(stack.layers), max_size=len(stack.layers)))
+    flags = data.draw(
+        st.lists(st.booleans(), min_size=len(stack.layers), max_size=len(stack.layers))
+    )
     other = dataclasses.replace(
         stack,
         layers=tuple(
