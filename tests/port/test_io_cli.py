@@ -83,7 +83,9 @@ def test_cli_converts_a_torch_checkpoint_and_prints_the_pairing(tmp_path, capsys
     assert "--kind '0=conv_transpose'" in capsys.readouterr().err
     assert _demo.main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
     printed = capsys.readouterr().out
-    assert "conv_transpose  bias: O -> O; weight: I O * -> ~* I O, weight norm copied" in printed
+    assert (
+        "conv_transpose  weight: I O * -> ~* I O, weight norm copied (feature axes (1,))" in printed
+    )
     flat = load_safetensors(out)
     state = _torch_vocoder().state_dict()
     np.testing.assert_array_equal(

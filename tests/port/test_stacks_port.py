@@ -1,4 +1,4 @@
-"""Random layer stacks built in each framework and ported to every other compute the same function."""
+"""Random layer stacks built in one framework and ported to any other compute the same function."""
 
 from __future__ import annotations
 

@@ -65,5 +65,5 @@ def test_bad_specs_and_frameworks_are_refused():
     with pytest.raises(ValueError, match="`framework` must be one of"):
         build(STACK, "keras")
     weight_normed = LayerStack(1, 3, 1, (LayerSpec("dense", 1, weight_norm=True),))
-    with pytest.raises(ValueError, match="weightnorm.adapters.nnx"):
+    with pytest.raises(ValueError, match=r"weightnorm\.adapters\.nnx"):
         build(weight_normed, "nnx")

@@ -20,6 +20,7 @@ from ._layers import (
     feature_axes,
     pairing_class,
     read_layers,
+    shapes_fit,
 )
 
 __all__ = ["convert", "convert_models", "Pairing", "format_report"]
@@ -127,8 +128,14 @@ def _pair(
         # or a ConvTranspose1d) takes the one kind the other model has.
         if len({pairing_class(k) for k in layer.kinds}) == 1:
             return layer.kinds
+        # Failing that, the one kind under which some layer of the other model
+        # has the same shapes (a kind no layer could pair with is ruled out).
         other_keys = {key(o, o.kinds) for o in others}
         fits = [k for k in layer.kinds if key(layer, (k,)) in other_keys]
+        if len(fits) > 1:
+            fits = [
+                k for k in fits if any(k in o.kinds and shapes_fit(layer, o, k) for o in others)
+            ]
         return tuple(fits) if len(fits) == 1 else layer.kinds
 
     queues: dict[tuple[Any, ...], list[Layer]] = {}
@@ -173,11 +180,11 @@ def _pair(
     return pairs, problems
 
 
-def _scale_keepdims(layer: Layer, role: str, scale: Any) -> np.ndarray:
+def _scale_keepdims(layer: Layer, role: str, scale: Any, axes: tuple[int, ...]) -> np.ndarray:
     """A framework's scale as an array of the direction's rank (size 1 at reduced axes)."""
     param = layer.params[role]
     shape = [1] * len(param.shape)
-    for axis in feature_axes(layer, role):
+    for axis in axes:
         shape[axis] = param.shape[axis]
     return np.reshape(np.asarray(scale), shape)
 
@@ -220,7 +227,7 @@ def _port_layer(
             f"{role!r} on one side only)"
         )
     notes = []
-    for role in [r for r in dst.params if r in roles_src]:
+    for role in [r for r in LAYOUTS[dst.kind][dst.framework] if r in dst.params and r in roles_src]:
         p_src, p_dst = src.params[role], dst.params[role]
         v = _canonical(src, role, source.flat[p_src.key])
         wanted = np.shape(_canonical(dst, role, np.zeros(p_dst.shape, np.int8)))
@@ -233,19 +240,29 @@ def _port_layer(
         note = f"{role}: {src.layout(role) or '()'} -> {dst.layout(role) or '()'}"
         g = axes_src = axes_dst = None
         if p_src.scale_key is not None:
-            g = _canonical(src, role, _scale_keepdims(src, role, source.flat[p_src.scale_key]))
-            axes_src = canonical_axes(src, role, feature_axes(src, role))
+            try:
+                src_axes = feature_axes(src, role)
+            except PortError:  # a tie the destination's axes may break
+                if p_dst.scale_key is None:
+                    raise
+                other = canonical_axes(dst, role, feature_axes(dst, role))
+                src_axes = feature_axes(src, role, other)
+            g = _canonical(
+                src, role, _scale_keepdims(src, role, source.flat[p_src.scale_key], src_axes)
+            )
+            axes_src = canonical_axes(src, role, src_axes)
         if p_dst.scale_key is not None:
-            axes_dst = canonical_axes(dst, role, feature_axes(dst, role))
+            dst_axes = feature_axes(dst, role, axes_src)
+            axes_dst = canonical_axes(dst, role, dst_axes)
         if g is not None and axes_dst is not None and axes_src == axes_dst:
-            note += f", weight norm copied (feature axes {feature_axes(dst, role)})"
+            note += f", weight norm copied (feature axes {dst_axes})"
         elif g is not None:
             v = _normalized(v, g, axes_src, _EPSILON[src.framework])
             g = None
             note += ", weight norm folded" if axes_dst is None else ", weight norm refolded"
-            note += "" if axes_dst is None else f" (feature axes {feature_axes(dst, role)})"
+            note += "" if axes_dst is None else f" (feature axes {dst_axes})"
         elif axes_dst is not None:
-            note += f", weight norm decomposed (feature axes {feature_axes(dst, role)})"
+            note += f", weight norm decomposed (feature axes {dst_axes})"
         if axes_dst is not None and g is None:
             g = _norm(v, axes_dst, _EPSILON[dst.framework])
         out[p_dst.key] = _framework(dst, role, v)

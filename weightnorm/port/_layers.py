@@ -12,7 +12,15 @@ import numpy as np
 
 from ..core._layouts import DEFAULT_FEATURE_AXIS, KIND_NAMES, LAYOUTS, axis_names, layout_axes
 
-__all__ = ["Layer", "Param", "read_layers", "pairing_class", "PortError", "feature_axes"]
+__all__ = [
+    "Layer",
+    "Param",
+    "read_layers",
+    "pairing_class",
+    "PortError",
+    "feature_axes",
+    "shapes_fit",
+]
 
 _NORMS = ("layer_norm", "group_norm", "rms_norm")
 #: Roles a layer may lack without changing what it computes.
@@ -164,13 +172,14 @@ def read_layers(
     return layers, unknown
 
 
-def feature_axes(layer: Layer, role: str) -> tuple[int, ...]:
+def feature_axes(layer: Layer, role: str, other: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """The feature axes a scale's shape implies.
 
     torch keeps the reduced axes (size 1); the JAX wrappers store only the sizes
     of the feature axes, so several axis choices can fit a shape: the
-    framework's default axis wins, then the output-channel axis; any other tie
-    is refused.
+    framework's default axis wins, then the output-channel axis, then `other`
+    (the other model's feature axes, in the canonical layout); any other tie is
+    refused.
     """
     param = layer.params[role]
     if param.known_axes is not None:
@@ -200,7 +209,9 @@ def feature_axes(layer: Layer, role: str) -> tuple[int, ...]:
     default = DEFAULT_FEATURE_AXIS[layer.framework] % max(len(shape), 1)
     names = axis_names(layer.layout(role), layer.spatial)
     output = (names.index("O"),) if "O" in names else None
-    for preferred in ((default,), output):
+    held = layout_axes(layer.canonical(role), layer.layout(role), layer.spatial)
+    mine = None if other is None else tuple(sorted(held.index(a) for a in other))
+    for preferred in ((default,), output, mine):
         if preferred in candidates:
             return preferred
     if len(candidates) == 1:
@@ -210,6 +221,30 @@ def feature_axes(layer: Layer, role: str) -> tuple[int, ...]:
         f"{shape}) from its scale {param.scale_key!r} (shape {scale}): "
         + ("no axes fit." if not candidates else f"{candidates} all fit.")
         + " Give the scale a shape that fits the direction."
+    )
+
+
+def canonical_shape(layer: Layer, role: str, kind: str) -> tuple[int, ...] | None:
+    """A parameter's shape in the canonical layout if the layer is a `kind` (None: cannot be)."""
+    table = LAYOUTS[kind].get(layer.framework, {})
+    if role not in table:
+        return None
+    shape = layer.params[role].shape
+    names = axis_names(table[role].layout, layer.spatial)
+    if len(names) != len(shape):
+        return None
+    sizes = {name: size for name, size in zip(names, shape, strict=True) if name != "1"}
+    canonical = axis_names(LAYOUTS[kind]["torch"][role].layout, layer.spatial)
+    return tuple(sizes[name] for name in canonical)
+
+
+def shapes_fit(a: Layer, b: Layer, kind: str) -> bool:
+    """Whether two layers, both read as `kind`, hold parameters of the same canonical shapes."""
+    common = set(a.params) & set(b.params)
+    return all(
+        canonical_shape(a, role, kind) is not None
+        and canonical_shape(a, role, kind) == canonical_shape(b, role, kind)
+        for role in common
     )
 
 
