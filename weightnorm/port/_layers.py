@@ -22,7 +22,6 @@ __all__ = [
     "shapes_fit",
 ]
 
-_NORMS = ("layer_norm", "group_norm", "rms_norm")
 #: Roles a layer may lack without changing what it computes.
 _OPTIONAL = {"bias", "count"}
 _RANK = {"dense": (2,), "embed": (2,), "conv": (3, 4, 5), "conv_transpose": (3, 4, 5)}
@@ -68,8 +67,13 @@ class Layer:
 
 
 def pairing_class(kind: str) -> str:
-    """Kinds stored alike in every framework pair with each other (LayerNorm/GroupNorm)."""
-    return "norm" if kind in _NORMS else kind
+    """The group a layer is paired within, in order.
+
+    Each kind is its own group, even where two kinds store their parameters
+    alike (LayerNorm and GroupNorm): pairing them across kinds by order could
+    silently swap two layers of the same shape.
+    """
+    return kind
 
 
 def _natural_key(path: str) -> list[Any]:
