@@ -138,3 +138,24 @@ def test_ambiguous_scale_axes_in_linen_are_refused():
     state = {"c.weight": np.ones((4, 3, 3), np.float32)}
     with pytest.raises(PortError, match=r"Cannot tell the feature axes.*\[\(0,\), \(1,\)\]"):
         convert(state, src="torch", dst="linen", like=like, kinds={"c": "conv"})
+
+
+def test_like_may_be_shapes_only():
+    import jax
+
+    like = jax.eval_shape(lambda: _linen_mlp())  # jax.ShapeDtypeStructs, no values
+    out = convert(_torch_mlp(), src="torch", dst="linen", like=like)
+    np.testing.assert_array_equal(out["params"]["Dense_0"]["bias"], _torch_mlp()["fc1.bias"])
+
+
+def test_an_equinox_batch_norm_is_not_taken_for_a_layer_norm():
+    import equinox as eqx
+
+    bn = eqx.nn.BatchNorm(4, "batch", mode="batch")
+    with pytest.raises(PortError, match=r"source leaves of no layer kind the table knows"):
+        convert(
+            bn,
+            src="equinox",
+            dst="linen",
+            like={"params": {"LayerNorm_0": {"scale": np.zeros(4), "bias": np.zeros(4)}}},
+        )

@@ -111,3 +111,22 @@ def test_module_entry_point_lists_convert():
         check=True,
     )
     assert "--kind REGEX=KIND" in result.stdout
+
+
+def test_demo_ports_a_torch_checkpoint_into_every_framework(capsys, monkeypatch):
+    assert _demo.run_port() == 0
+    printed = capsys.readouterr().out
+    assert "weight_g/weight_v" in printed and "OK: the checkpoint ports exactly." in printed
+    for framework in ("linen", "haiku", "equinox"):
+        assert f"\n{framework} " in printed
+
+    checkpoint = _demo.torch_checkpoint
+
+    def off_by_a_little(weights):
+        state = checkpoint(weights)
+        state["out.bias"] = state["out.bias"] + 1e-3
+        return state
+
+    monkeypatch.setattr(_demo, "torch_checkpoint", off_by_a_little)
+    assert _demo.run_port() == 1
+    assert "DISAGREES" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from ._layers import (
     Layer,
     PortError,
     canonical_axes,
+    canonical_shape,
     feature_axes,
     pairing_class,
     read_layers,
@@ -230,7 +231,7 @@ def _port_layer(
     for role in [r for r in LAYOUTS[dst.kind][dst.framework] if r in dst.params and r in roles_src]:
         p_src, p_dst = src.params[role], dst.params[role]
         v = _canonical(src, role, source.flat[p_src.key])
-        wanted = np.shape(_canonical(dst, role, np.zeros(p_dst.shape, np.int8)))
+        wanted = canonical_shape(dst, role, dst.kind)
         if v.shape != wanted:
             problems.append(
                 f"{p_src.key!r} has shape {p_src.shape} ({v.shape} in torch layout) but "
@@ -268,18 +269,22 @@ def _port_layer(
         out[p_dst.key] = _framework(dst, role, v)
         if p_dst.scale_key is not None:
             g_dst = _framework(dst, role, g)
-            out[p_dst.scale_key] = g_dst.reshape(np.shape(target.flat[p_dst.scale_key]))
+            out[p_dst.scale_key] = g_dst.reshape(p_dst.scale_shape)
         notes.append(note)
     if "count" in dst.params:
         p = dst.params["count"]
         value = source.flat[src.params["count"].key] if "count" in src.params else 0
-        out[p.key] = np.asarray(value, np.asarray(target.flat[p.key]).dtype)
+        out[p.key] = np.asarray(value, _dtype(target.flat[p.key]))
     return "; ".join(notes), problems
 
 
+def _dtype(like: Any) -> Any:
+    dtype = getattr(like, "dtype", None)
+    return np.asarray(like).dtype if dtype is None else dtype
+
+
 def _cast_like(value: Any, like: Any) -> Any:
-    dtype = getattr(like, "dtype", None) or np.asarray(like).dtype
-    return np.asarray(value).astype(dtype, copy=False)
+    return np.asarray(value).astype(_dtype(like), copy=False)
 
 
 def convert(

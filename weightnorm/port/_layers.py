@@ -20,6 +20,8 @@ __all__ = [
     "PortError",
     "feature_axes",
     "shapes_fit",
+    "canonical_shape",
+    "canonical_axes",
 ]
 
 #: Roles a layer may lack without changing what it computes.
@@ -74,6 +76,12 @@ def pairing_class(kind: str) -> str:
     silently swap two layers of the same shape.
     """
     return kind
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    """An array's shape; also of a `jax.ShapeDtypeStruct` (a `like` made by `jax.eval_shape`)."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else tuple(np.shape(value))
 
 
 def _natural_key(path: str) -> list[Any]:
@@ -146,14 +154,16 @@ def read_layers(
     layers, unknown = [], []
     for path, leaves in groups.items():
         shapes = {
-            name: tuple(np.shape(flat[parts.get("v", parts.get("w"))]))
+            name: _shape(flat[parts.get("v", parts.get("w"))])
             for name, parts in leaves.items()
         }
         kinds = _candidate_kinds(framework, shapes)
         hint = kind_hints.get(path)
-        if hint is not None and hint in kinds:
-            kinds = [hint]
-        elif hint is None and len(kinds) > 1:
+        if hint is not None:
+            # The model's own type decides; leaves that do not fit it (an
+            # Equinox BatchNorm, whose statistics are state) are not guessed at.
+            kinds = [hint] if hint in kinds else []
+        elif len(kinds) > 1:
             named = _name_kind(framework, path, "." if framework == "torch" else "/")
             kinds = [named] if named in kinds else kinds
         malformed = any(set(parts) not in ({"w"}, {"g", "v"}) for parts in leaves.values())
@@ -165,11 +175,11 @@ def read_layers(
         params = {}
         for name, parts in leaves.items():
             key = parts.get("v", parts.get("w"))
-            param = Param(key, tuple(np.shape(flat[key])))
+            param = Param(key, _shape(flat[key]))
             scale_key = parts.get("g", scales.get(key))
             if scale_key is not None:
                 param.scale_key = scale_key
-                param.scale_shape = tuple(np.shape(flat[scale_key]))
+                param.scale_shape = _shape(flat[scale_key])
                 param.known_axes = (scale_axes or {}).get(scale_key)
             params[by_name[name]] = param
         layers.append(Layer(path, framework, tuple(kinds), params))
