@@ -64,3 +64,12 @@ def test_port_imports_without_torch_or_frameworks():
     )
     assert "pip install 'weightnorm[torch]'" in result.stdout
     assert "pip install 'weightnorm[safetensors]'" in result.stdout
+
+
+def test_port_and_testing_export_exactly_all():
+    import weightnorm.port
+    import weightnorm.testing
+
+    for module in (weightnorm.port, weightnorm.testing):
+        public = {name for name in vars(module) if not name.startswith("_")}
+        assert public == set(module.__all__), module.__name__
