@@ -97,6 +97,13 @@ def layer_stacks(
 ) -> LayerStack:
     """Hypothesis strategy of `LayerStack`s whose every layer has a non-empty output.
 
+    Example:
+      >>> from hypothesis import given
+      >>> @given(layer_stacks(spatial=(1,), weight_norm=True))
+      ... def test(stack):
+      ...     assert stack.spatial == 1 and all(layer.weight_norm for layer in stack.layers)
+      >>> test()
+
     Args:
       max_layers: at most this many layers (at least one).
       spatial: the numbers of spatial axes to draw from.
@@ -148,7 +155,12 @@ def layer_stacks(
 
 
 def inputs(stack: LayerStack, batch: int = 2, seed: int = 0) -> np.ndarray:
-    """Random float32 inputs `(batch, *spatial, in_features)` for `stack`."""
+    """Random float32 inputs `(batch, *spatial, in_features)` for `stack`.
+
+    Example:
+      >>> inputs(LayerStack(3, 4, 2, (LayerSpec("dense", 1),))).shape
+      (2, 4, 4, 3)
+    """
     shape = (batch, *([stack.length] * stack.spatial), stack.in_features)
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -467,6 +479,12 @@ def build(stack: LayerStack, framework: str, seed: int = 0) -> tuple[Any, Callab
 
     Raises:
       ValueError: for an unknown framework, or weight norm in an NNX stack.
+
+    Example:
+      >>> stack = LayerStack(2, 5, 1, (LayerSpec("conv", 3, kernel_size=3, weight_norm=True),))
+      >>> params, apply = build(stack, "haiku")
+      >>> apply(params, inputs(stack)).shape
+      (2, 3, 3)
     """
     if framework not in _BUILDERS:
         raise ValueError(f"`framework` must be one of {STACK_FRAMEWORKS}, got {framework!r}.")
