@@ -154,8 +154,7 @@ def read_layers(
     layers, unknown = [], []
     for path, leaves in groups.items():
         shapes = {
-            name: _shape(flat[parts.get("v", parts.get("w"))])
-            for name, parts in leaves.items()
+            name: _shape(flat[parts.get("v", parts.get("w"))]) for name, parts in leaves.items()
         }
         kinds = _candidate_kinds(framework, shapes)
         hint = kind_hints.get(path)
