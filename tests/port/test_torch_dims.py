@@ -65,3 +65,32 @@ def test_grouped_transposed_convolutions_are_refused():
     conv = torch.nn.ConvTranspose1d(4, 4, 3, groups=2)
     with pytest.raises(PortError, match=r"'' is a grouped transposed convolution \(groups=2\)"):
         convert(conv, src="torch", dst="linen", like={})
+
+
+def test_non_default_linen_feature_axes_need_to_be_named():
+    # A square kernel normalized per *input* row (feature_axes=0): its (4,) scale
+    # fits both axes, and Linen params do not record which one.
+    model = wl.WeightNorm(nn.Dense(4), feature_axes=0)
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    scale = variables["params"]["layer_instance/kernel/scale"]
+    variables["params"]["layer_instance/kernel/scale"] = scale + np.arange(4, dtype=np.float32)
+    expected = model.apply(variables, x)
+    linear = torch.nn.Linear(4, 4)
+
+    def torch_outputs(ported):
+        with torch.no_grad():
+            return ported(torch.as_tensor(x)).numpy()
+
+    assumed = convert(variables, src="linen", dst="torch", like=linear)  # the default, -1
+    assert np.abs(torch_outputs(assumed) - expected).max() > 1e-2
+    named = convert(
+        variables,
+        src="linen",
+        dst="torch",
+        like=linear,
+        feature_axes={"params/layer_instance/kernel": 0},
+    )
+    np.testing.assert_allclose(torch_outputs(named), expected, atol=1e-5)
+    with pytest.raises(PortError, match=r"rule 'nothing' matches no weight-normed variable"):
+        convert(variables, src="linen", dst="torch", like=linear, feature_axes={"nothing": 0})

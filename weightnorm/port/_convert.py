@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import core
+from ..core._config import resolve_feature_axes
 from ..core._layouts import LAYOUTS, from_layout, to_layout
 from ._frameworks import Model, read_model
 from ._layers import (
@@ -295,6 +296,7 @@ def convert(
     like: Any,
     mapping: Mapping_ | None = None,
     kinds: Mapping[str, str] | None = None,
+    feature_axes: Mapping[str, core.FeatureAxes] | None = None,
     report: bool = False,
 ) -> Any:
     """Ports parameters between Linen, NNX, Haiku, Equinox and PyTorch.
@@ -329,6 +331,12 @@ def convert(
         ConvTranspose, a torch state dict's 2-D `weight` without bias a Linear
         or an Embedding. Kinds are known without it for Equinox, NNX and torch
         modules and for auto-named Linen/Haiku layers (`Conv_0`, `linear_1`).
+      feature_axes: optional `{regex: axes}` giving the weight-norm feature
+        axes of the variables (flat keys, either side, matched in full) whose
+        Linen or Haiku scale does not say them: those wrappers store only the
+        sizes of the feature axes, so a `(4,)` scale on a `(4, 4)` kernel fits
+        either axis, and without this the framework's default axis is assumed.
+        Axes are in that variable's own layout, as given to its wrapper.
       report: also return the pairing, a list of `Pairing`s.
 
     Returns:
@@ -352,7 +360,7 @@ def convert(
     """
     source = read_model(params, src, "src")
     target = read_model(like, dst, "dst")
-    result, pairings = convert_models(source, target, mapping, kinds)
+    result, pairings = convert_models(source, target, mapping, kinds, feature_axes)
     return (result, pairings) if report else result
 
 
@@ -373,17 +381,49 @@ def _apply_kinds(layers: list[Layer], kinds: Mapping[str, str] | None) -> list[s
     return problems
 
 
+def _apply_feature_axes(
+    layers: list[Layer], given: Mapping[str, core.FeatureAxes] | None
+) -> list[str]:
+    problems = []
+    for pattern, axes in (given or {}).items():
+        used = False
+        for layer in layers:
+            for param in layer.params.values():
+                if param.scale_key is None or not re.fullmatch(pattern, param.key):
+                    continue
+                used = True
+                resolved = resolve_feature_axes(
+                    param.key, param.shape, core.WeightNormConfig(feature_axes=axes).feature_axes
+                )
+                sizes = tuple(param.shape[a] for a in resolved)
+                keepdims = tuple(
+                    param.shape[a] if a in resolved else 1 for a in range(len(param.shape))
+                )
+                if param.scale_shape not in (sizes, keepdims):
+                    problems.append(
+                        f"`feature_axes` gives {param.key!r} (shape {param.shape}) the axes "
+                        f"{resolved}, but its scale {param.scale_key!r} has shape "
+                        f"{param.scale_shape}"
+                    )
+                param.known_axes = resolved
+        if not used:
+            problems.append(f"`feature_axes` rule {pattern!r} matches no weight-normed variable")
+    return problems
+
+
 def convert_models(
     source: Model,
     target: Model,
     mapping: Mapping_ | None = None,
     kinds: Mapping[str, str] | None = None,
+    feature_axes: Mapping[str, core.FeatureAxes] | None = None,
 ) -> tuple[Any, list[Pairing]]:
     """`convert` on the flat views of two models: (the rebuilt target, the pairing)."""
     src, dst = source.framework, target.framework
     sources, unknown_src = _layers(source)
     targets, unknown_dst = _layers(target)
     problems = _apply_kinds(sources, kinds) + _apply_kinds(targets, kinds)
+    problems += _apply_feature_axes([*sources, *targets], feature_axes)
     if unknown_src:
         problems.append(f"source leaves of no layer kind the table knows: {unknown_src}")
     if unknown_dst:
