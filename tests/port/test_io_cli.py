@@ -130,3 +130,21 @@ def test_demo_ports_a_torch_checkpoint_into_every_framework(capsys, monkeypatch)
     monkeypatch.setattr(_demo, "torch_checkpoint", off_by_a_little)
     assert _demo.run_port() == 1
     assert "DISAGREES" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("dst", "keys"),
+    [
+        ("haiku", {"1/w": (3, 3, 3), "1/w/scale": (3,), "2/w": (3, 2)}),
+        ("equinox", {"1/weight": (3, 3, 3), "1/weight/scale": (3,), "1/bias": (3, 1)}),
+    ],
+)
+def test_cli_writes_each_frameworks_names_and_layouts(tmp_path, capsys, dst, keys):
+    torch.save(_torch_vocoder().state_dict(), tmp_path / "m.pt")
+    out = tmp_path / "m.safetensors"
+    args = ["convert", str(tmp_path / "m.pt"), "--to", dst, "-o", str(out)]
+    assert _demo.main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
+    flat = load_safetensors(out)
+    for key, shape in keys.items():
+        assert flat[key].shape == shape, key
+    assert "wrote 8 arrays" in capsys.readouterr().out
