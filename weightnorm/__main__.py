@@ -1,4 +1,4 @@
-"""Command line: `python -m weightnorm demo`."""
+"""Command line: `python -m weightnorm demo` and `python -m weightnorm convert`."""
 
 import sys
 

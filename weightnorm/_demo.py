@@ -3,7 +3,9 @@
 Builds a small Conv1D + Dense regression model in each framework from one set
 of weights (directions, scales, biases), checks that all three compute the same
 function as `flax.linen.WeightNorm`, then trains each on a built-in synthetic
-task and checks that they still agree. Exits with status 1 on disagreement.
+task and checks that they still agree. Last, ports the same model saved as a
+PyTorch `weight_norm` checkpoint into each framework with `weightnorm.port`
+and checks the outputs again. Exits with status 1 on disagreement.
 """
 
 from __future__ import annotations
@@ -275,6 +277,61 @@ def run(steps: int = 300, learning_rate: float = 0.2, quiet: bool = False) -> in
     return int(status)
 
 
+# --- porting a PyTorch checkpoint -----------------------------------------------------
+
+
+def torch_checkpoint(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The demo model as `torch.nn.utils.weight_norm` saves it (numpy; no torch needed).
+
+    torch stores weights `(out, in, *kernel)` and the scales `weight_g` with
+    size 1 at the reduced axes. The hidden layer reads the conv output in
+    (length, channel) order, which a torch model gets by flattening after a
+    transpose, so its weight is the Linen kernel transposed.
+    """
+    return {
+        "conv.bias": w["conv/bias"],
+        "conv.weight_g": w["conv/kernel/scale"][:, None, None],
+        "conv.weight_v": w["conv/kernel"].transpose(2, 1, 0),
+        "hidden.bias": w["hidden/bias"],
+        "hidden.weight_g": w["hidden/kernel/scale"][:, None],
+        "hidden.weight_v": w["hidden/kernel"].T,
+        "out.bias": w["out/bias"],
+        "out.weight_g": w["out/kernel/scale"][:, None],
+        "out.weight_v": w["out/kernel"].T,
+    }
+
+
+def run_port() -> int:
+    """Ports a torch-style weight-normed checkpoint into each framework; 0 when all agree."""
+    import flax.linen as nn
+
+    from .adapters import linen as wl
+    from .port import convert
+
+    weights = reference_weights()
+    x_test, _ = synthetic_task(seed=2, size=256)
+    flax_apply, flax_params = linen_model(nn.WeightNorm)
+    reference = flax_apply(flax_params(weights), x_test)
+    checkpoint = torch_checkpoint(weights)
+    print("\nA PyTorch weight_norm checkpoint (weight_g/weight_v) ported with weightnorm.port")
+    print(f"{'framework':<10} {'max |diff|':>12}   (against flax.linen.WeightNorm, same weights)")
+    status = 0
+    frameworks = {
+        "linen": linen_model(wl.WeightNorm),
+        "haiku": haiku_model(),
+        "equinox": equinox_model(),
+    }
+    for name, (apply, make_params) in frameworks.items():
+        # Another model's values as `like`: only its structure is used. The
+        # checkpoint's 3-D `conv.weight` could be a Conv1d or a ConvTranspose1d,
+        # and the Linen/Haiku layer is custom-named, so the kind is named.
+        like = make_params(reference_weights(seed=1))
+        ported = convert(checkpoint, src="torch", dst=name, like=like, kinds={".*conv": "conv"})
+        status |= not _agrees(name, apply(ported, x_test), reference, FORWARD_TOLERANCE)
+    print("OK: the checkpoint ports exactly." if status == 0 else "FAILED: a port disagrees.")
+    return int(status)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -291,5 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--learning-rate", type=float, default=0.2)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .port import _cli
+
+    _cli.add_parser(commands)
     args = parser.parse_args(argv)
-    return run(steps=args.steps, learning_rate=args.learning_rate, quiet=args.quiet)
+    if args.command == "convert":
+        return _cli.run(args)
+    status = run(steps=args.steps, learning_rate=args.learning_rate, quiet=args.quiet)
+    return status | run_port()

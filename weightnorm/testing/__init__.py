@@ -1,7 +1,7 @@
-"""Hypothesis strategies and assertions for testing code that uses weightnorm.
+"""Hypothesis strategies, model builders and assertions for testing code that uses weightnorm.
 
 Needs hypothesis: `pip install 'weightnorm[testing]'`. `import weightnorm`
-never imports it.
+never imports it; the layer-stack builders import each framework only when asked for it.
 """
 
 try:
@@ -16,6 +16,12 @@ from ._assertions import assert_same_function as assert_same_function
 from ._assertions import assert_trees_close as assert_trees_close
 from ._assertions import assert_weight_normed as assert_weight_normed
 from ._assertions import default_tolerance as default_tolerance
+from ._stacks import STACK_FRAMEWORKS as STACK_FRAMEWORKS
+from ._stacks import LayerSpec as LayerSpec
+from ._stacks import LayerStack as LayerStack
+from ._stacks import build as build
+from ._stacks import inputs as inputs
+from ._stacks import layer_stacks as layer_stacks
 from ._strategies import float_arrays as float_arrays
 from ._strategies import float_dtypes as float_dtypes
 from ._strategies import param_dicts as param_dicts
@@ -23,6 +29,12 @@ from ._strategies import scale_dicts as scale_dicts
 from ._strategies import weight_norm_configs as weight_norm_configs
 
 __all__ = [
+    "STACK_FRAMEWORKS",
+    "LayerSpec",
+    "LayerStack",
+    "build",
+    "inputs",
+    "layer_stacks",
     "assert_params_equal",
     "assert_same_function",
     "assert_trees_close",
