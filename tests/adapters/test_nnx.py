@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 from jax.sharding import PartitionSpec as P
 
 from tests.peers import assert_bitwise_equal
+from weightnorm import NoVariableSelectedWarning
 from weightnorm.adapters import linen as wl
 from weightnorm.adapters import nnx as wn
 
@@ -337,7 +338,9 @@ def test_filter_spellings():
     ]
     assert scales() == kernels
     assert scales(variable_filter="kern") == kernels  # substring, as in every adapter
-    assert scales(variable_filter=nnx.PathContains("kern")) == []  # NNX: an exact component
+    with pytest.warns(NoVariableSelectedWarning, match=r"PathContains\('kern'") as caught:
+        assert scales(variable_filter=nnx.PathContains("kern")) == []  # NNX: an exact component
+    assert [w.filename for w in caught] == [__file__]  # once, pointing at the caller's line
     assert scales(variable_filter=None, feature_axes=None) == every_param
     assert scales(variable_filter=nnx.Everything(), feature_axes=None) == every_param
     assert scales(variable_filter=nnx.Param, feature_axes=None) == every_param
