@@ -460,8 +460,8 @@ def fold(model: nnx.Module) -> nnx.Module:
         if id(wrapper) not in plain:
             params = _variables(nnx.state(wrapper.layer_instance, nnx.Param))
             flat = {key: param.get_value() for key, (_, param) in params.items()}
-            directions = [key.removesuffix(core.SCALE_SUFFIX) for key in wrapper.scales]
-            check_finite(flat, directions, "the folded weight")
+            selected = core.select(flat, wrapper.config.variable_filter)
+            check_finite(flat, selected, "the folded weight")
             plain[id(wrapper)] = (wrapper, wrapper.normalized_layer())
         if not path:
             model = plain[id(wrapper)][1]
