@@ -15,11 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 import weightnorm as wn
 from weightnorm.adapters import equinox as we
 from weightnorm.adapters import haiku as wh
 from weightnorm.adapters import linen as wl
+from weightnorm.adapters import nnx as wx
 from weightnorm.testing import assert_same_function
 
 C = wn.WeightNormConfig()
@@ -29,6 +31,25 @@ NAN = {"Dense_0/kernel": jnp.array([[1.0, jnp.nan]])}
 LINEN = wl.WeightNorm(nn.Dense(3))
 LINEAR = eqx.nn.Linear(2, 3, key=jax.random.key(0))
 X = jnp.ones((1, 2))
+
+
+def nnx_linear(kernel=None):
+    """A fresh NNX Linear(2, 3), optionally holding `kernel`."""
+    linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    if kernel is not None:
+        linear.kernel[...] = kernel
+    return linear
+
+
+class NNXUnused(nnx.Module):
+    """Holds a wrapper that its call does not use."""
+
+    def __init__(self):
+        self.unused = wx.WeightNorm(nnx_linear())
+
+    def __call__(self, x):
+        return x
+
 
 CASES = {
     # wrong types
@@ -61,6 +82,44 @@ CASES = {
     "haiku/unfold": (lambda: wh.unfold([1]), TypeError, "Haiku params"),
     "equinox/path-filter": (lambda: we.PathFilter(frozenset({1})), TypeError, "strings"),
     "testing/model": (lambda: assert_same_function(1, abs, X), TypeError, "`model_a`"),
+    "nnx/wrap": (lambda: wx.WeightNorm(abs), TypeError, r"must be an nnx\.Module"),
+    "nnx/fold-state": (
+        lambda: wx.fold(nnx.state(nnx_linear())),
+        TypeError,
+        r"`model` must be an nnx\.Module, got State",
+    ),
+    "nnx/unfold-layer": (lambda: wx.unfold({}), TypeError, r"`layer` must be an nnx\.Module"),
+    "nnx/ddi-model": (lambda: wx.data_dependent_init([1], X), TypeError, "nnx.Module"),
+    "nnx/unfold-no-scale": (
+        lambda: wx.unfold(nnx_linear(), use_scale=False),
+        ValueError,
+        "needs `use_scale=True`",
+    ),
+    "nnx/unfold-scale-init": (
+        lambda: wx.unfold(nnx_linear(), scale_init="ones"),
+        ValueError,
+        "sets `scale_init='norm'`",
+    ),
+    "nnx/ddi-unwrapped": (
+        lambda: wx.data_dependent_init(nnx_linear(), X),
+        ValueError,
+        "holds no weightnorm `WeightNorm` with scales",
+    ),
+    "nnx/ddi-not-called": (
+        lambda: wx.data_dependent_init(NNXUnused(), X),
+        ValueError,
+        r"\['unused/layer_instance'\] were not called",
+    ),
+    "nnx/ddi-two-scales": (
+        lambda: wx.data_dependent_init(wx.WeightNorm(nnx_linear(), variable_filter=None), X),
+        ValueError,
+        "layer 'layer_instance' has two normalized params",
+    ),
+    "nnx/ddi-axes": (
+        lambda: wx.data_dependent_init(wx.WeightNorm(nnx_linear(), feature_axes=None), X),
+        ValueError,
+        "one scale per output feature",
+    ),
     # non-string keys
     "flat/int-key": (lambda: wn.normalize({1: jnp.ones(2)}, {}, C), TypeError, "keys must be"),
     "select/int-key": (lambda: wn.select({("a",): 1}, None), TypeError, "keys must be strings"),
@@ -70,6 +129,7 @@ CASES = {
     "linen/unflatten": (lambda: wl.unflatten({"a": 1}, like={}), ValueError, "unexpected keys"),
     "haiku/unflatten": (lambda: wh.unflatten({}, like={"m": {"w": 0}}), ValueError, "m/w"),
     "equinox/unflatten": (lambda: we.unflatten({}, like=LINEAR), ValueError, "'weight'"),
+    "nnx/unflatten": (lambda: wx.unflatten({}, like=nnx_linear()), ValueError, "'kernel'"),
     "unflatten/like": (lambda: wn.unflatten({"a": 1}, like={"b": 0}), ValueError, "missing keys"),
     "haiku/unfold-name": (
         lambda: wh.unfold({"weight_norm": {"w": jnp.ones((2, 2))}}),
@@ -109,6 +169,11 @@ CASES = {
         ValueError,
         "feature axis 3",
     ),
+    "nnx/axis": (
+        lambda: wx.WeightNorm(nnx_linear(), feature_axes=2),
+        ValueError,
+        r"axis 2 is out of range for variable 'kernel' with shape \(2, 3\)",
+    ),
     "equinox/axis": (
         lambda: we.WeightNorm(LINEAR, feature_axes=2),
         ValueError,
@@ -123,6 +188,17 @@ CASES = {
     "fold/nan": (lambda: wn.fold(NAN, {"Dense_0/kernel/scale": jnp.ones(2)}, C), ValueError, "NaN"),
     "unfold/nan": (lambda: wn.unfold(NAN, C), ValueError, "'Dense_0/kernel' holds NaN"),
     "ddi/nan": (lambda: wn.data_dependent_scale_bias(jnp.full((2, 2), jnp.inf)), ValueError, "NaN"),
+    "nnx/norm-nan": (
+        lambda: wx.WeightNorm(nnx_linear(jnp.nan), scale_init="norm"),
+        ValueError,
+        "'kernel' holds NaN",
+    ),
+    "nnx/unfold-nan": (lambda: wx.unfold(nnx_linear(jnp.inf)), ValueError, "'kernel' holds NaN"),
+    "nnx/fold-nan": (
+        lambda: wx.fold(wx.WeightNorm(nnx_linear(jnp.nan))),
+        ValueError,
+        "'kernel' holds NaN or inf, so the folded weight",
+    ),
     "equinox/unfold-nan": (
         lambda: we.unfold(eqx.tree_at(lambda m: m.weight, LINEAR, jnp.full((3, 2), jnp.nan))),
         ValueError,
@@ -162,8 +238,10 @@ NOTHING = wn.WeightNormConfig(variable_filter="kernal")
         lambda: wl.WeightNorm(nn.Dense(3), variable_filter="kernal").init(
             jax.random.key(0), jnp.ones((1, 2))
         ),
+        lambda: wx.WeightNorm(nnx_linear(), variable_filter="kernal"),
+        lambda: wx.WeightNorm(nnx_linear(), variable_filter=nnx.PathContains("kern")),
     ],
-    ids=["init_scales", "unfold", "equinox", "linen"],
+    ids=["init_scales", "unfold", "equinox", "linen", "nnx", "nnx-filter"],
 )
 def test_a_filter_that_selects_nothing_warns(call):
     with pytest.warns(wn.NoVariableSelectedWarning, match="selects none of the variables"):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +20,13 @@ from weightnorm import NoVariableSelectedWarning
 from weightnorm.adapters import equinox as we
 from weightnorm.adapters import haiku as wh
 from weightnorm.adapters import linen as wl
-from weightnorm.testing import assert_same_function, assert_trees_close, float_arrays
+from weightnorm.adapters import nnx as wn
+from weightnorm.testing import (
+    assert_params_equal,
+    assert_same_function,
+    assert_trees_close,
+    float_arrays,
+)
 
 X = jax.random.normal(jax.random.key(0), (64, 4)) * 2.0 + 1.0
 W = jax.random.normal(jax.random.key(1), (4, 3))
@@ -65,6 +72,39 @@ def test_equinox_norm_init_is_the_plain_layer_and_equinox_weight_norm():
     assert_same_function(jax.vmap(ours), jax.vmap(linear), X)
     assert_same_function(jax.vmap(ours), jax.vmap(eqx.nn.WeightNorm(linear)), X)
     assert_trees_close(ours.scales["weight/scale"], eqx.nn.WeightNorm(linear).g.reshape(-1))
+
+
+def _torch_weight_norm_of(kernel, x):
+    """torch's `weight_norm` of a bias-free Linear holding `kernel` (in, out), applied to `x`."""
+    linear = torch.nn.Linear(*kernel.shape, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(np.array(kernel.T)))
+    linear = torch.nn.utils.parametrizations.weight_norm(linear)
+    with torch.no_grad():
+        return linear(torch.from_numpy(np.array(x))).numpy()
+
+
+@given(float_arrays((4, 3), min_value=-2, max_value=2))
+def test_nnx_norm_init_is_the_plain_layer_and_torch_weight_norm(kernel):
+    kernel = jnp.asarray(kernel)  # zero columns included: their scale is sqrt(epsilon)
+    make = lambda: nnx.Linear(  # noqa: E731
+        4, 3, use_bias=False, kernel_init=lambda *_: kernel, rngs=nnx.Rngs(0)
+    )
+    ours = wn.WeightNorm(make(), scale_init="norm")
+    assert_same_function(ours, make(), X)
+    # torch has no epsilon: a column whose squares underflow to 0 gives NaN there (and 0,
+    # the plain layer's output, here), so compare the others.
+    nonzero = np.linalg.norm(np.asarray(kernel, np.float64), axis=0) > 1e-3
+    assert_trees_close(ours(X)[:, nonzero], _torch_weight_norm_of(kernel, X)[:, nonzero])
+    assert_params_equal(ours.layer_instance.kernel[...], kernel)  # the direction is the weight
+
+
+def test_nnx_default_and_ones_are_flax_nnx_default():
+    theirs = nnx.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(0))
+    for scale_init in ({}, {"scale_init": "ones"}):
+        ours = wn.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), **scale_init)
+        assert_trees_close(ours.scales["kernel/scale"][...], theirs.scales[("kernel",)])
+        assert_same_function(ours, theirs, X)  # flax's first call is right
 
 
 # --- fold and unfold against the plain models ---------------------------------------------
@@ -142,6 +182,73 @@ def test_equinox_fold_gives_plain_modules_and_unfold_goes_back(scale):
     assert_trees_close(we.fold(model.body), model.body.normalized_layer())
 
 
+class _NNXHead(nnx.Module):
+    """A wrapped MLP, a wrapper in an nnx.List, and a plain layer: wrappers inside a model."""
+
+    def __init__(self, body, blocks, out):
+        self.body, self.blocks, self.out = body, nnx.List(blocks), out
+
+    def __call__(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.out(jax.nn.relu(self.body(x)))
+
+
+def _nnx_head(wrap):
+    mlp = nnx.Sequential(
+        nnx.Linear(4, 5, rngs=nnx.Rngs(1)), nnx.relu, nnx.Linear(5, 3, rngs=nnx.Rngs(2))
+    )
+    block = nnx.Conv(4, 4, (1,), rngs=nnx.Rngs(3))
+    return _NNXHead(wrap(mlp), [wrap(block)], nnx.Linear(3, 2, rngs=nnx.Rngs(4)))
+
+
+@given(float_arrays(5, min_value=-2, max_value=2), float_arrays(4, min_value=-2, max_value=2))
+def test_nnx_fold_gives_plain_modules_and_unfold_goes_back(scale, block_scale):
+    model = _nnx_head(wn.WeightNorm)
+    model.body.scales["layers/0/kernel/scale"][...] = jnp.asarray(scale)
+    model.blocks[0].scales["kernel/scale"][...] = jnp.asarray(block_scale)
+    before = wn.flatten(model)
+    plain = wn.fold(model)
+    assert_params_equal(wn.flatten(model), before)  # the input is not changed
+    # The plain model is the same model written without wrappers, holding the folded weights.
+    expected = _nnx_head(lambda layer: layer)
+    assert jax.tree.map(jnp.shape, wn.flatten(plain)) == jax.tree.map(
+        jnp.shape, wn.flatten(expected)
+    )
+    assert_same_function(model, plain, X)
+    assert_same_function(wn.unfold(plain.body), plain.body, X)
+    assert_params_equal(wn.flatten(wn.fold(model.body)), wn.flatten(model.body.normalized_layer()))
+
+
+def test_nnx_fold_is_the_weight_flax_nnx_writes_into_its_layer():
+    x, scale_init = X[:5], nnx.initializers.constant(2.5)
+    theirs = nnx.WeightNorm(
+        nnx.Linear(4, 3, rngs=nnx.Rngs(0)), scale_init=scale_init, rngs=nnx.Rngs(0)
+    )
+    theirs(x)  # flax stores scale * v / ||v|| in the layer at its first call
+    ours = wn.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), scale_init=scale_init)
+    assert_trees_close(wn.flatten(wn.fold(ours)), wn.flatten(theirs.layer_instance))
+
+
+def test_nnx_fold_replaces_a_shared_wrapper_once_and_leaves_models_without_wrappers_alone():
+    class Twice(nnx.Module):
+        def __init__(self):
+            self.first = wn.WeightNorm(nnx.Linear(4, 4, rngs=nnx.Rngs(0)))
+            self.second = self.first
+
+        def __call__(self, x):
+            return self.second(self.first(x))
+
+    model = Twice()
+    plain = wn.fold(model)
+    assert plain.first is plain.second and type(plain.first) is nnx.Linear
+    assert_same_function(model, plain, X)
+    linear = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    copy = wn.fold(linear)
+    assert copy is not linear
+    assert_params_equal(wn.flatten(copy), wn.flatten(linear))
+
+
 # --- data-dependent init: mean 0 and std 1 for every wrapped layer, in order ---------------
 
 
@@ -204,6 +311,22 @@ def test_equinox_data_dependent_init_standardizes_each_wrapped_layer():
         h = jax.nn.relu(h)
 
 
+def test_nnx_data_dependent_init_standardizes_each_wrapped_layer():
+    model = _nnx_head(wn.WeightNorm)
+    before = wn.flatten(model)
+    initialized = wn.data_dependent_init(model, X)
+    assert_params_equal(wn.flatten(model), before)  # a new model; the input is not changed
+    plain = wn.fold(initialized)
+    h = plain.blocks[0](X)  # the block runs first, the body's layers next, in call order
+    _moments_are_standard(h)
+    for layer in (plain.body.layers[0], plain.body.layers[2]):
+        h = layer(h)
+        _moments_are_standard(h)
+        h = jax.nn.relu(h)
+    # The unwrapped `out` layer is left as it was.
+    assert_params_equal(wn.flatten(plain.out), wn.flatten(model.out))
+
+
 def test_data_dependent_init_needs_wrapped_layers_and_per_feature_scales():
     with pytest.raises(ValueError, match="no weightnorm `WeightNorm`"):
         wl.data_dependent_init(nn.Dense(3), nn.Dense(3).init(jax.random.key(0), X), X)
@@ -212,6 +335,10 @@ def test_data_dependent_init_needs_wrapped_layers_and_per_feature_scales():
         wl.data_dependent_init(model, model.init(jax.random.key(0), X), X)
     with pytest.raises(ValueError, match="holds no weightnorm"):
         we.data_dependent_init(eqx.nn.Linear(4, 3, key=jax.random.key(0)), X)
+    with pytest.raises(ValueError, match="holds no weightnorm"):
+        wn.data_dependent_init(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), X)
+    with pytest.raises(ValueError, match="one scale per output feature"):
+        wn.data_dependent_init(wn.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), feature_axes=0), X)
 
 
 # --- a filter that selects nothing warns once, at init --------------------------------------
@@ -226,7 +353,10 @@ def test_filters_matching_nothing_warn_at_init_only():
         params = haiku.init(jax.random.key(0), X)
     with pytest.warns(NoVariableSelectedWarning, match="weights"):
         we.WeightNorm(eqx.nn.Linear(4, 3, key=jax.random.key(0)), variable_filter="weights")
+    with pytest.warns(NoVariableSelectedWarning, match="kernal"):
+        nnx_model = wn.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), variable_filter="kernal")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         linen.apply(variables, X)
         haiku.apply(params, None, X)
+        nnx_model(X)

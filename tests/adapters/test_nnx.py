@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 from jax.sharding import PartitionSpec as P
 
 from tests.peers import assert_bitwise_equal
+from weightnorm import NoVariableSelectedWarning
 from weightnorm.adapters import linen as wl
 from weightnorm.adapters import nnx as wn
 
@@ -33,6 +34,11 @@ def assert_same_tree(ours, theirs):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         assert_bitwise_equal(a, b)
+
+
+def raw(array):
+    """The array, or the data of a typed PRNG key."""
+    return jax.random.key_data(array) if jnp.issubdtype(array.dtype, jax.dtypes.prng_key) else array
 
 
 def sin_loss(x):
@@ -337,7 +343,9 @@ def test_filter_spellings():
     ]
     assert scales() == kernels
     assert scales(variable_filter="kern") == kernels  # substring, as in every adapter
-    assert scales(variable_filter=nnx.PathContains("kern")) == []  # NNX: an exact component
+    with pytest.warns(NoVariableSelectedWarning, match=r"PathContains\('kern'") as caught:
+        assert scales(variable_filter=nnx.PathContains("kern")) == []  # NNX: an exact component
+    assert [w.filename for w in caught] == [__file__]  # once, pointing at the caller's line
     assert scales(variable_filter=None, feature_axes=None) == every_param
     assert scales(variable_filter=nnx.Everything(), feature_axes=None) == every_param
     assert scales(variable_filter=nnx.Param, feature_axes=None) == every_param
@@ -499,3 +507,42 @@ def test_normalized_layer_exports_a_plain_module():
     np.testing.assert_allclose(np.linalg.norm(plain.kernel[...], axis=0), 3.0, rtol=1e-6)
     x = normal(1, 2, 3)
     assert_bitwise_equal(plain(x), model(x))
+
+
+# --- fold and data-dependent init with state, containers and transforms ------------------
+
+
+def test_data_dependent_init_leaves_batch_stats_and_rng_counts_and_the_input_alone():
+    x = normal(1, 16, 3) * 3 + 1
+    model = wn.WeightNorm(Block(nnx.Rngs(0)))
+    before = wn.flatten(model)
+    initialized = wn.data_dependent_init(model, x)
+    assert_same_tree(wn.flatten(model), before)
+    after = {key: raw(value) for key, value in wn.flatten(initialized).items()}
+    changed = sorted(key for key in before if not np.array_equal(after[key], raw(before[key])))
+    assert changed == ["layer_instance/linear/bias", "scales/linear/kernel/scale"]
+    # The Linear's outputs (pre-activations) are standardized on the batch.
+    t = wn.fold(initialized).linear(x)
+    np.testing.assert_allclose(t.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(t.std(0), 1.0, rtol=1e-4)
+
+
+def test_fold_and_data_dependent_init_find_wrappers_in_nnx_dicts_and_use_scale_false():
+    class Heads(nnx.Module):
+        def __init__(self):
+            self.heads = nnx.Dict(
+                a=wn.WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0))),
+                b=wn.WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(1)), use_scale=False),
+            )
+
+        def __call__(self, x):
+            return self.heads["a"](x) + self.heads["b"](x)
+
+    x = normal(1, 32, 3)
+    model = Heads()
+    plain = wn.fold(model)
+    assert all(type(head) is nnx.Linear for head in plain.heads.values())
+    np.testing.assert_allclose(plain(x), model(x), rtol=1e-5, atol=1e-6)
+    initialized = wn.data_dependent_init(model, x)  # b has no scale: only a is set
+    np.testing.assert_allclose(wn.fold(initialized).heads["a"](x).std(0), 1.0, rtol=1e-4)
+    assert_same_tree(wn.flatten(initialized.heads["b"]), wn.flatten(model.heads["b"]))

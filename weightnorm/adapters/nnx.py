@@ -6,12 +6,15 @@ numbers, but each call runs a copy of the layer whose selected parameters hold
 writes the normalized weight back into the layer on every call. The scales are
 `nnx.Param`s (trainable), keyed as the core keys them: `scales["kernel/scale"]`.
 The math is the core's. `flatten` and `unflatten` convert NNX state to and from
-flat `{"a/b/c": array}` dicts.
+flat `{"a/b/c": array}` dicts; `fold`, `unfold` and `data_dependent_init` work
+on whole models holding wrappers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,8 +28,13 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
+from ..core._init import check_finite, data_init_in_order
+from ..core._warnings import warn_if_nothing_selected
 
-__all__ = ["WeightNorm", "flatten", "unflatten"]
+__all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
+
+# Set by `data_dependent_init` only: `(wrapper, normalized layer) -> layer to call`.
+_CALL_HOOKS: list[Callable[[Any, Any], Any]] = []
 
 _FILTER_CLASSES = (
     type,
@@ -60,12 +68,13 @@ class _Selected:
     """The exact paths that an NNX filter selected when the wrapper was made."""
 
     paths: frozenset[str]
+    spelling: str = dataclasses.field(default="", compare=False)
 
     def __call__(self, path: str) -> bool:
         return path in self.paths
 
     def __repr__(self) -> str:
-        return f"<parameters {sorted(self.paths)}>"
+        return f"<params {sorted(self.paths)} selected by {self.spelling}>"
 
 
 def _state(node: Any) -> nnx.State:
@@ -129,7 +138,7 @@ class WeightNorm(nnx.Module):
         *,
         feature_axes: core.FeatureAxes = -1,
         use_scale: bool = True,
-        scale_init: Callable[..., Any] = jax.nn.initializers.ones,
+        scale_init: str | Callable[..., Any] = jax.nn.initializers.ones,
         epsilon: float = 1e-12,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -144,7 +153,11 @@ class WeightNorm(nnx.Module):
           feature_axes: axes that keep their own norm and scale (default: the
             last); None means one norm over the whole array.
           use_scale: whether to learn a scale per feature.
-          scale_init: initializer `(key, shape, dtype) -> array` of the scales.
+          scale_init: flax's `ones` initializer (default; `"ones"` is the
+            same), `"norm"` (each scale is the norm of its param, so the
+            wrapper computes what the plain layer computes, as torch's
+            `weight_norm` does; see `unfold`), or an initializer
+            `(key, shape, dtype) -> array`.
           epsilon: added to the sum of squares inside the square root.
           dtype: dtype of the normalized params (default: promoted from the
             param and its scale).
@@ -160,14 +173,19 @@ class WeightNorm(nnx.Module):
             '/'-joined path (`"layers/0/kernel"`), or a predicate on that path.
           rngs: random streams; a key is drawn from `rngs.params()` only when
             `scale_init` needs one, so a deterministic `scale_init` (the
-            default `ones`) leaves the streams as they were.
+            default `ones`, `"norm"`) leaves the streams as they were.
+
+        Warns:
+          NoVariableSelectedWarning: when the filter selects none of the
+            layer's params (once, here; never at a call).
 
         Raises:
           TypeError: when `layer_instance` is not an `nnx.Module`, and as
             `WeightNormConfig` for settings of the wrong type.
           ValueError: as `WeightNormConfig` for settings out of range; naming
             the param's path and shape when a feature axis does not fit it;
-            when `scale_init` needs randomness and `rngs` is None.
+            when `scale_init` needs randomness and `rngs` is None; for
+            `"norm"`, naming a selected param that holds NaN or inf.
         """
         if not isinstance(layer_instance, nnx.Module):
             raise TypeError(
@@ -178,7 +196,8 @@ class WeightNorm(nnx.Module):
         if _is_nnx_filter(variable_filter):
             predicate = nnx.filterlib.to_predicate(variable_filter)
             variable_filter = _Selected(
-                frozenset(key for key, (path, param) in params.items() if predicate(path, param))
+                frozenset(key for key, (path, param) in params.items() if predicate(path, param)),
+                repr(variable_filter),
             )
         self.config = core.WeightNormConfig(
             epsilon=epsilon,
@@ -191,7 +210,12 @@ class WeightNorm(nnx.Module):
         )
         self.layer_instance = layer_instance
         flat = {key: param.get_value() for key, (_, param) in params.items()}
-        scales = _init_scales(flat, self.config, rngs)
+        core.scale_shapes(flat, self.config)  # checks the axes before anything else
+        if core.select(flat, self.config.variable_filter):
+            scales = _init_scales(flat, self.config, rngs)
+        else:  # warn here, pointing at the caller, rather than from inside init_scales
+            warn_if_nothing_selected(flat, self.config, stacklevel=_caller_stacklevel())
+            scales = {}
         self.scales = nnx.data(
             {
                 key: _scale_param(
@@ -226,13 +250,36 @@ class WeightNorm(nnx.Module):
         Every argument is passed through to `layer_instance`, and its result
         returned.
         """
-        return self.normalized_layer()(*args, **kwargs)
+        layer = self.normalized_layer()
+        for hook in _CALL_HOOKS:
+            layer = hook(self, layer)
+        return layer(*args, **kwargs)
+
+
+#: weightnorm's and flax.nnx's source folders: the frames a warning should skip.
+_OWN_DIRS = tuple(
+    os.path.dirname(path) + os.sep for path in (os.path.dirname(__file__), nnx.__file__)
+)
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` for `warn_if_nothing_selected` called here that names the user's line.
+
+    Counts the frames of weightnorm and flax (the Module metaclass's
+    `__call__`) between `WeightNorm.__init__` and the user's code.
+    """
+    level, frame = 3, sys._getframe(2)  # 0: here, 1: WeightNorm.__init__
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _init_scales(
     flat: Mapping[str, Any], config: core.WeightNormConfig, rngs: nnx.Rngs | None
 ) -> dict[str, jax.Array]:
     """`core.init_scales`, drawing a key from `rngs` only when `scale_init` needs one."""
+    if not callable(config.scale_init):  # "ones" and "norm" need no key
+        return core.init_scales(flat, config)
     try:
         return core.init_scales(flat, config)
     except Exception as error:
@@ -339,3 +386,251 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
         return state
     graphdef, _ = nnx.split(like)
     return nnx.merge(graphdef, state)
+
+
+def _check_module(model: Any, name: str = "model") -> None:
+    if not isinstance(model, nnx.Module):
+        raise TypeError(
+            f"`{name}` must be an nnx.Module, got {type(model).__name__}. Pass the model "
+            "itself (not `nnx.state(model)`)."
+        )
+
+
+def _is_container(node: Any) -> bool:
+    return isinstance(node, (nnx.List, nnx.Dict, list, dict))
+
+
+def _child(node: Any, key: Any) -> Any:
+    return node[key] if _is_container(node) else getattr(node, key)
+
+
+def _set_child(node: Any, key: Any, value: Any) -> None:
+    if _is_container(node):
+        node[key] = value
+    else:
+        setattr(node, key, value)
+
+
+def _at(node: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        node = _child(node, key)
+    return node
+
+
+def _wrappers(model: nnx.Module) -> list[tuple[tuple[Any, ...], WeightNorm]]:
+    """(graph path, wrapper) of every `WeightNorm` in `model`, each once, outermost first."""
+    found = [(path, node) for path, node in nnx.iter_graph(model) if isinstance(node, WeightNorm)]
+    return sorted(found, key=lambda item: len(item[0]))
+
+
+def fold(model: nnx.Module) -> nnx.Module:
+    """A plain copy of `model`: every `WeightNorm` replaced by its layer, weights folded.
+
+    Each wrapper becomes its `normalized_layer()`: the wrapped layer with
+    `scale * v / ||v||` baked into its selected params and no scales, so the
+    result computes what `model` computes, without a norm per call. `model`
+    may be a `WeightNorm` (the result is then its plain layer) or any module
+    holding some (in attributes, `nnx.List`s or `nnx.Dict`s; a wrapper used
+    twice becomes one plain layer used twice). `model` is not changed: the
+    result is a copy sharing no variable with it. `unfold` goes the other way.
+
+    Args:
+      model: an `nnx.Module`.
+
+    Returns:
+      The folded copy; a plain copy of `model` when it holds no `WeightNorm`.
+
+    Raises:
+      TypeError: when `model` is not an `nnx.Module`.
+      ValueError: naming a selected direction that holds NaN or inf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> model = WeightNorm(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+      >>> plain = fold(model)
+      >>> type(plain).__name__, bool(jnp.allclose(plain(jnp.ones(2)), model(jnp.ones(2))))
+      ('Linear', True)
+    """
+    _check_module(model)
+    model = nnx.clone(model)
+    plain: dict[int, tuple[WeightNorm, nnx.Module]] = {}  # the wrapper is kept alive with its id
+    while found := _wrappers(model):
+        path, wrapper = found[0]
+        if id(wrapper) not in plain:
+            params = _variables(nnx.state(wrapper.layer_instance, nnx.Param))
+            flat = {key: param.get_value() for key, (_, param) in params.items()}
+            selected = core.select(flat, wrapper.config.variable_filter)
+            check_finite(flat, selected, "the folded weight")
+            plain[id(wrapper)] = (wrapper, wrapper.normalized_layer())
+        if not path:
+            model = plain[id(wrapper)][1]
+        else:
+            _set_child(_at(model, path[:-1]), path[-1], plain[id(wrapper)][1])
+    return model
+
+
+def unfold(layer: nnx.Module, **kwargs: Any) -> WeightNorm:
+    """`WeightNorm(layer, scale_init="norm", **kwargs)`: a wrapper with `layer`'s outputs.
+
+    Each selected param keeps its value as direction `v` and gets its norm as
+    scale, so a plain (e.g. pretrained) model becomes a weight-normed one that
+    computes the same function; `fold` gives the plain model back. As with
+    `WeightNorm`, the wrapper holds `layer` itself (training it updates
+    `layer`'s params); pass `nnx.clone(layer)` to keep the original apart.
+
+    Args:
+      layer: the plain module.
+      **kwargs: any other `WeightNorm` argument (`feature_axes`,
+        `variable_filter`, `epsilon`, ...).
+
+    Returns:
+      The wrapper.
+
+    Raises:
+      ValueError: as `WeightNorm`; when `use_scale=False` (no scale can hold
+        the norms) or `scale_init` is given; naming a selected param that
+        holds NaN or inf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+      >>> bool(jnp.allclose(unfold(linear)(jnp.ones(2)), linear(jnp.ones(2))))
+      True
+    """
+    _check_module(layer, "layer")
+    if "scale_init" in kwargs:
+        raise ValueError(
+            "`unfold` sets `scale_init='norm'`; for another initialization call "
+            "`WeightNorm(layer, scale_init=...)`."
+        )
+    if kwargs.get("use_scale", True) is not True:
+        raise ValueError(
+            "`unfold` needs `use_scale=True`: without scales the wrapper cannot keep the "
+            "layer's function."
+        )
+    return WeightNorm(layer, scale_init="norm", **kwargs)
+
+
+class _Recorder:
+    """Calls a layer and records its output under a name."""
+
+    def __init__(self, layer: Any, name: str, calls: list[tuple[str, Any]]) -> None:
+        self.layer, self.name, self.calls = layer, name, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.layer(*args, **kwargs)
+        self.calls.append((self.name, out))
+        return out
+
+
+def _wrapped_layers(model: nnx.Module) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
+    """`{layer path: (wrapper path, scale path, graph path of the layer in the wrapper)}`.
+
+    Paths are '/'-joined as `flatten` joins them; a layer is the module
+    holding a normalized param (its output is the pre-activation).
+    """
+    found: dict[str, tuple[str, str, tuple[Any, ...]]] = {}
+    for path, wrapper in _wrappers(model):
+        prefix = "/".join(map(str, path))
+        params = _variables(nnx.state(wrapper.layer_instance, nnx.Param))
+        for scale in wrapper.scales:
+            weight_path = params[scale.removesuffix(core.SCALE_SUFFIX)][0]
+            layer = "/".join(map(str, (*path, "layer_instance", *weight_path[:-1])))
+            if layer in found:
+                raise ValueError(
+                    f"Data-dependent init sets one scale per layer, but layer {layer!r} has "
+                    f"two normalized params ({found[layer][1]!r} and "
+                    f"{'/'.join(filter(None, (prefix, 'scales', scale)))!r}). Select only its "
+                    "weight (the default `variable_filter`)."
+                )
+            scale_path = "/".join(filter(None, (prefix, "scales", scale)))
+            found[layer] = (prefix, scale_path, weight_path[:-1])
+    return found
+
+
+def data_dependent_init(
+    model: nnx.Module, *args: Any, epsilon: float = 1e-6, **kwargs: Any
+) -> nnx.Module:
+    """Data-dependent initialization (Salimans & Kingma 2016, section 3) of every wrapped layer.
+
+    `model` (a `WeightNorm`, or any module holding some) is called as
+    `model(*args, **kwargs)` on a batch. For each weight-normed layer, in the
+    order the model calls them, its outputs are computed with scale 1 and
+    bias 0 (so with the normalized direction: `t = x . v / ||v||`), and it
+    gets `scale = 1 / std(t)` and `bias = -mean(t) / std(t)` per output
+    feature (the last axis: NNX's Linear and Conv;
+    `weightnorm.data_dependent_scale_bias`). Later layers see the outputs of
+    those already initialized, so afterwards the pre-activations of every
+    wrapped layer have mean 0 and std 1 on the batch. A layer's bias is its
+    param `bias`; without one only the scale is set. The model is called
+    eagerly, on copies, as it is (so in `eval()` mode for dropout-free
+    moments); its rng counts and batch statistics are not advanced.
+
+    Args:
+      model: the NNX model.
+      *args: the batch (and any other positional arguments of `model`).
+      epsilon: added to the variance.
+      **kwargs: keyword arguments of `model`.
+
+    Returns:
+      A copy of `model` with the scales and biases set (`model` is not
+      changed; `nnx.update(model, nnx.state(result))` loads them in place).
+
+    Raises:
+      TypeError: when `model` is not an `nnx.Module`.
+      ValueError: when `model` holds no `WeightNorm` with scales, a wrapped
+        layer is not called, or its scale is not one per output feature.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> model = WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> x = jax.random.normal(jax.random.key(1), (64, 3))
+      >>> y = data_dependent_init(model, x)(x)
+      >>> jnp.round(y.mean(0), 3) + 0.0, jnp.round(y.std(0), 3)
+      (Array([0., 0.], dtype=float32), Array([1., 1.], dtype=float32))
+    """
+    _check_module(model)
+    layers = _wrapped_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} holds no weightnorm `WeightNorm` with scales to initialize."
+        )
+
+    def with_params(flat_params: Mapping[str, Any]) -> nnx.Module:
+        copy = nnx.clone(model)
+        nnx.update(copy, unflatten(flat_params, like=nnx.state(copy, nnx.Param)))
+        return copy
+
+    def run(flat_params: Mapping[str, Any], wanted: set[str]) -> list[tuple[str, Any]]:
+        current = with_params(flat_params)
+        paths = {id(node): "/".join(map(str, path)) for path, node in _wrappers(current)}
+        calls: list[tuple[str, Any]] = []
+
+        def hook(wrapper: WeightNorm, layer: nnx.Module) -> Any:
+            for name in sorted(wanted):
+                wrapper_path, _, layer_path = layers[name]
+                if wrapper_path != paths.get(id(wrapper)):
+                    continue
+                if not layer_path:
+                    layer = _Recorder(layer, name, calls)
+                else:  # `layer` is a fresh copy: replacing its submodule changes nothing else
+                    parent = _at(layer, layer_path[:-1])
+                    submodule = _child(parent, layer_path[-1])
+                    _set_child(parent, layer_path[-1], _Recorder(submodule, name, calls))
+            return layer
+
+        _CALL_HOOKS.append(hook)
+        try:
+            current(*args, **kwargs)
+        finally:
+            _CALL_HOOKS.remove(hook)
+        return calls
+
+    owners = {name: scale_path for name, (_, scale_path, _) in layers.items()}
+    flat = data_init_in_order(
+        flatten(nnx.state(model, nnx.Param)), owners, "bias", run, feature_axis=-1, epsilon=epsilon
+    )
+    return with_params(flat)
