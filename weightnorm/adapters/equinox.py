@@ -305,7 +305,7 @@ def fold(model: Any) -> Any:
     same outputs. `model` may be a `WeightNorm` or any pytree holding some;
     one holding none is returned as it is. `unfold` goes the other way.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx
       >>> model = WeightNorm(eqx.nn.Linear(2, 3, key=jax.random.key(0)))
       >>> plain = fold(model)
@@ -333,7 +333,7 @@ def unfold(layer: _Layer, **kwargs: Any) -> WeightNorm[_Layer]:
     Raises:
       ValueError: as `WeightNorm`, and when a selected weight holds NaN or inf.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx
       >>> linear = eqx.nn.Linear(2, 3, key=jax.random.key(0))
       >>> bool(jnp.allclose(unfold(linear)(jnp.ones(2)), linear(jnp.ones(2))))
@@ -414,7 +414,7 @@ def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any
       ValueError: when `model` holds no `WeightNorm`, a wrapped layer is not
         called, or its scale is not one per output feature.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx
       >>> model = WeightNorm(eqx.nn.Linear(3, 2, key=jax.random.key(0)))
       >>> x = jax.random.normal(jax.random.key(1), (64, 3))

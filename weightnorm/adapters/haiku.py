@@ -262,7 +262,7 @@ def fold(params: Any, config: core.WeightNormConfig | None = None) -> dict[str, 
       TypeError: for params that are not Haiku's two-level dicts.
       ValueError: as `weightnorm.fold`.
 
-    Example:
+    Examples:
       >>> import haiku as hk, jax, jax.numpy as jnp
       >>> wrapped = hk.transform(lambda x: WeightNorm(hk.Linear(2))(x))
       >>> plain = hk.transform(lambda x: hk.Linear(2)(x))
@@ -311,7 +311,7 @@ def unfold(
       TypeError: for params that are not Haiku's two-level dicts.
       ValueError: as `weightnorm.unfold`, or when a bundle `name` exists.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> unfold({"linear": {"w": jnp.array([[3.0], [4.0]]), "b": jnp.zeros(1)}})["weight_norm"]
       {'linear/w/scale': Array([5.], dtype=float32)}
@@ -354,7 +354,7 @@ def data_dependent_init(
       ValueError: when `params` has no WeightNorm scales, a wrapped module is
         not called, or its scale is not one per output feature.
 
-    Example:
+    Examples:
       >>> import haiku as hk, jax, jax.numpy as jnp
       >>> model = hk.transform(lambda x: WeightNorm(hk.Linear(2))(x))
       >>> x = jax.random.normal(jax.random.key(0), (64, 3))

@@ -220,7 +220,7 @@ def fold(
       ValueError: as `weightnorm.fold` (missing scales, NaN weights, ...), and
         when a module holding wrappers has no scales.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> model, x = WeightNorm(nn.Dense(3)), jnp.ones((1, 2))
       >>> variables = model.init(jax.random.key(0), x)
@@ -293,7 +293,7 @@ def unfold(model: WeightNorm, variables: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
       TypeError, ValueError: as `fold`, and as `weightnorm.unfold`.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> plain = nn.Dense(3).init(jax.random.key(0), jnp.ones((1, 2)))
       >>> wrapped = unfold(WeightNorm(nn.Dense(3)), plain)
@@ -379,7 +379,7 @@ def data_dependent_init(
       ValueError: when the model has no `WeightNorm` scales, a wrapped layer is
         not called on the batch, or its scale is not one per output feature.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> model, x = WeightNorm(nn.Dense(3)), jax.random.normal(jax.random.key(0), (64, 2))
       >>> variables = data_dependent_init(model, model.init(jax.random.key(1), x), x)

@@ -444,7 +444,7 @@ def fold(model: nnx.Module) -> nnx.Module:
       TypeError: when `model` is not an `nnx.Module`.
       ValueError: naming a selected direction that holds NaN or inf.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> model = WeightNorm(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
@@ -492,7 +492,7 @@ def unfold(layer: nnx.Module, **kwargs: Any) -> WeightNorm:
         the norms) or `scale_init` is given; naming a selected param that
         holds NaN or inf.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
@@ -583,7 +583,7 @@ def data_dependent_init(
       ValueError: when `model` holds no `WeightNorm` with scales, a wrapped
         layer is not called, or its scale is not one per output feature.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> model = WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))

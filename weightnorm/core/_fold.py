@@ -37,7 +37,7 @@ def fold(
       ValueError, TypeError: as `normalize`; also when a selected direction
         holds NaN or inf (checked when the values are concrete).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from weightnorm import WeightNormConfig
       >>> flat = {"kernel": jnp.array([[3.0], [4.0]]), "bias": jnp.zeros(1)}
@@ -70,7 +70,7 @@ def unfold(
       ValueError: when `use_scale=False`, a selected weight holds NaN or inf,
         or as `scale_shapes`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from weightnorm import WeightNormConfig
       >>> directions, scales = unfold({"kernel": jnp.array([[3.0], [4.0]])}, WeightNormConfig())

@@ -67,7 +67,7 @@ def init_scales(
         fails without a key.
       TypeError: for a `flat` or `config` of the wrong type.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> flat = {"Dense_0/kernel": jnp.array([[3.0], [4.0]])}
       >>> init_scales(flat, WeightNormConfig())
@@ -113,7 +113,7 @@ def data_dependent_scale_bias(
       ValueError: when the feature axis is out of range, there is nothing to
         average over, or the pre-activations hold NaN or inf.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> scale, bias = data_dependent_scale_bias(jnp.array([[1.0], [3.0]]), epsilon=0.0)
       >>> scale.tolist(), bias.tolist()

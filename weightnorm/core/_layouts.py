@@ -171,7 +171,7 @@ def _tokens(layout: str, spatial: int) -> tuple[list[str], bool]:
 def axis_names(layout: str, spatial: int) -> list[str]:
     """The name of each axis of a layout (`"s0"`... spatial, `"1"` size-1).
 
-    Example:
+    Examples:
       >>> axis_names("~* O I", spatial=2)
       ['s0', 's1', 'O', 'I']
     """
@@ -192,7 +192,7 @@ def _spatial_axes(names: list[str]) -> tuple[int, ...]:
 def to_layout(value: np.ndarray, canonical: str, layout: str, spatial: int) -> np.ndarray:
     """Moves an array from the `canonical` layout into `layout` (transpose, flip, reshape).
 
-    Example:
+    Examples:
       >>> to_layout(np.zeros((5, 3, 4)), "O I *", "* I O", spatial=1).shape
       (4, 3, 5)
       >>> to_layout(np.zeros(5), "O", "O 1*", spatial=2).shape

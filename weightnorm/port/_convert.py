@@ -55,7 +55,7 @@ class Pairing:
 def format_report(pairings: Sequence[Pairing]) -> str:
     """The pairing as an aligned text table, one layer a line.
 
-    Example:
+    Examples:
       >>> print(format_report([Pairing("fc", "Dense_0", "dense", "weight: O I -> I O")]))
       source  destination  kind   transform
       fc      Dense_0      dense  weight: O I -> I O
@@ -350,7 +350,7 @@ def convert(
         cannot be told; nothing is returned in part.
       TypeError: when `params` or `like` is not of the framework named.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> torch_sd = {"fc.weight": np.ones((3, 2), np.float32), "fc.bias": np.zeros(3, np.float32)}
       >>> like = {"params": {"Dense_0": {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}}}

@@ -218,7 +218,7 @@ _WN_OLD = re.compile(r"^(?:(.*)\.)?(weight|bias)_([gv])$")
 def torch_split(key: str) -> tuple[str, str, str | None]:
     """A torch state-dict key as (module path, leaf name, weight-norm part or None).
 
-    Example:
+    Examples:
       >>> torch_split("ups.0.parametrizations.weight.original0")
       ('ups.0', 'weight', 'g')
       >>> torch_split("conv.weight_v"), torch_split("fc.bias")

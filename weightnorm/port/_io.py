@@ -37,7 +37,7 @@ def save_safetensors(
       TypeError: when `flat` is not a flat dict with string keys, or a value is
         not an array (a nested dict: flatten it first with `weightnorm.flatten`).
 
-    Example:
+    Examples:
       >>> import numpy as np, tempfile, pathlib
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
       >>> save_safetensors({"Dense_0/kernel": np.ones((2, 3), np.float32)}, path)

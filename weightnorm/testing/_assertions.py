@@ -37,7 +37,7 @@ def default_tolerance(*dtypes: Any) -> float:
     float64: 1e-10, float32 (and complex64): 1e-5, float16: 1e-2, bfloat16:
     4e-2; integers and bools are compared exactly (0.0).
 
-    Example:
+    Examples:
       >>> default_tolerance("float32", "bfloat16")
       0.04
     """
@@ -97,15 +97,17 @@ def assert_trees_close(
     the leaf's scale.
 
     Args:
-      actual, expected: pytrees of arrays.
-      rtol, atol: fixed tolerances instead of the dtype's.
+      actual: a pytree of arrays.
+      expected: a pytree of arrays with the same structure.
+      rtol: a fixed relative tolerance instead of the dtype's.
+      atol: a fixed absolute tolerance instead of the dtype's.
       what: how the trees are called in the error.
 
     Raises:
       AssertionError: naming the path of the first differing leaf, the largest
         difference, where it is, and the tolerance used.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> assert_trees_close({"a": np.ones(2, np.float32)}, {"a": np.ones(2, np.float32) + 1e-6})
       >>> assert_trees_close({"a": np.ones(2)}, {"a": np.zeros(2)})  # doctest: +ELLIPSIS
@@ -169,16 +171,18 @@ def assert_same_function(
     does, with tolerances chosen by dtype unless given.
 
     Args:
-      model_a, model_b: the callables.
+      model_a: the first callable.
+      model_b: the second callable.
       inputs: the argument both are called with.
-      rtol, atol: fixed tolerances instead of the dtype's.
+      rtol: a fixed relative tolerance instead of the dtype's.
+      atol: a fixed absolute tolerance instead of the dtype's.
 
     Raises:
       AssertionError: naming the path of the first differing output leaf and
         the largest difference.
       TypeError: when a model is not callable.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> assert_same_function(jnp.tanh, lambda x: jnp.sinh(x) / jnp.cosh(x), jnp.ones(3))
     """
@@ -197,7 +201,7 @@ def assert_params_equal(actual: Any, expected: Any) -> None:
       AssertionError: naming the path of the first differing leaf and the
         largest difference.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> assert_params_equal({"w": np.ones(2, np.float32)}, {"w": np.ones(2, np.float32)})
     """
@@ -238,7 +242,7 @@ def assert_weight_normed(
       ValueError, TypeError: as `weightnorm.scale_shapes`, or when scales are
         missing.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from weightnorm import WeightNormConfig
       >>> weights = {"kernel": np.array([[0.6], [0.8]], np.float32) * 3}

@@ -97,7 +97,7 @@ def layer_stacks(
 ) -> LayerStack:
     """Hypothesis strategy of `LayerStack`s whose every layer has a non-empty output.
 
-    Example:
+    Examples:
       >>> from hypothesis import given
       >>> @given(layer_stacks(spatial=(1,), weight_norm=True))
       ... def test(stack):
@@ -157,7 +157,7 @@ def layer_stacks(
 def inputs(stack: LayerStack, batch: int = 2, seed: int = 0) -> np.ndarray:
     """Random float32 inputs `(batch, *spatial, in_features)` for `stack`.
 
-    Example:
+    Examples:
       >>> inputs(LayerStack(3, 4, 2, (LayerSpec("dense", 1),))).shape
       (2, 4, 4, 3)
     """
@@ -480,7 +480,7 @@ def build(stack: LayerStack, framework: str, seed: int = 0) -> tuple[Any, Callab
     Raises:
       ValueError: for an unknown framework, or weight norm in an NNX stack.
 
-    Example:
+    Examples:
       >>> stack = LayerStack(2, 5, 1, (LayerSpec("conv", 3, kernel_size=3, weight_norm=True),))
       >>> params, apply = build(stack, "haiku")
       >>> apply(params, inputs(stack)).shape

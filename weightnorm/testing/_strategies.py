@@ -61,7 +61,7 @@ def float_dtypes(*, half: bool = True) -> st.SearchStrategy[np.dtype]:
 
     float64 is left out because jax computes in float32 unless x64 is enabled.
 
-    Example:
+    Examples:
       >>> from hypothesis import find
       >>> find(float_dtypes(), lambda dtype: dtype.itemsize == 2)
       dtype(bfloat16)
@@ -87,12 +87,13 @@ def float_arrays(
     Args:
       shape: a shape, or a strategy of shapes (e.g. `hnp.array_shapes()`).
       dtype: float64, float32, bfloat16 or float16.
-      min_value, max_value: the range of the elements (finite).
+      min_value: the smallest element (finite).
+      max_value: the largest element (finite).
 
     Raises:
       InvalidArgument: for another dtype, a bad shape or range.
 
-    Example:
+    Examples:
       >>> from hypothesis import find
       >>> find(float_arrays((2, 3), dtype="bfloat16"), lambda a: True).dtype
       dtype(bfloat16)
@@ -151,9 +152,11 @@ def param_dicts(
     non-empty); values are finite, zeros included.
 
     Args:
-      min_leaves, max_leaves: how many variables (at least 1).
-      min_dims, max_dims: how many axes each variable has (at least 1; scalars
-        have no feature axis).
+      min_leaves: the fewest variables (at least 1).
+      max_leaves: the most variables.
+      min_dims: the fewest axes of a variable (at least 1; scalars have no
+        feature axis).
+      max_dims: the most axes of a variable.
       max_side: the largest size of an axis.
       dtypes: a strategy of dtypes (default: float32 only; pass
         `float_dtypes()` for half precision too).
@@ -161,7 +164,7 @@ def param_dicts(
     Raises:
       InvalidArgument: for counts that are not ints, out of range or crossed.
 
-    Example:
+    Examples:
       >>> from hypothesis import find
       >>> flat = find(param_dicts(), lambda flat: len(flat) == 2)
       >>> {path: value.shape for path, value in flat.items()}
@@ -241,7 +244,7 @@ def weight_norm_configs(
       InvalidArgument: when `flat` is not a non-empty dict with string keys
         and at least one non-scalar variable, or `use_scale` is not a bool.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from hypothesis import find
       >>> config = find(weight_norm_configs({"Dense_0/kernel": np.ones((2, 3))}), lambda c: True)
@@ -270,7 +273,7 @@ def scale_dicts(
       InvalidArgument: when `flat` or `config` is invalid (the core's error is
         the message).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from weightnorm import WeightNormConfig
       >>> from hypothesis import find
