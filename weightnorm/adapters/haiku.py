@@ -78,7 +78,13 @@ class WeightNorm(hk.Module):
         keeps its bias `"wide/b"` as it is). Otherwise as the core takes it:
         None or empty for every parameter, strings by flax's substring rule on
         the full name (`"mlp/~/linear_0/w"`), or a predicate on the full name.
+      stack_axes: leading axes of stacked parameters (when wrapping an
+        `hk.layer_stack` from outside) kept out of the reduction, so each
+        layer keeps its own norm; `feature_axes` then count within one layer.
       name: the wrapper's module name (default `"weight_norm"`).
+
+    Sharded parameters: shard each scale like its parameter's feature axes,
+    e.g. with `weightnorm.core.scale_partition_specs` (see docs/sharding.md).
 
     Raises:
       TypeError: when `module` is not callable, and as `WeightNormConfig` for
@@ -105,6 +111,7 @@ class WeightNorm(hk.Module):
         scale_init: Callable[..., Any] = jax.nn.initializers.ones,
         feature_axes: core.FeatureAxes = -1,
         variable_filter: core.VariableFilter = _NamedParameter("w"),
+        stack_axes: int = 0,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -122,6 +129,7 @@ class WeightNorm(hk.Module):
             scale_init=scale_init,
             feature_axes=feature_axes,
             variable_filter=variable_filter,
+            stack_axes=stack_axes,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

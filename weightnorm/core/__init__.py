@@ -13,6 +13,9 @@ from ._normalize import decompose as decompose
 from ._normalize import init_scales as init_scales
 from ._normalize import normalize as normalize
 from ._normalize import scale_shapes as scale_shapes
+from ._sharding import scale_partition_spec as scale_partition_spec
+from ._sharding import scale_partition_specs as scale_partition_specs
+from ._sharding import scale_shardings as scale_shardings
 from ._tree import flatten as flatten
 from ._tree import unflatten as unflatten
 
@@ -25,7 +28,10 @@ __all__ = [
     "flatten",
     "init_scales",
     "normalize",
+    "scale_partition_spec",
+    "scale_partition_specs",
     "scale_shapes",
+    "scale_shardings",
     "select",
     "unflatten",
 ]

@@ -21,11 +21,14 @@ SCALE_SUFFIX = "/scale"
 
 
 class _Target(NamedTuple):
-    """One selected variable and how it is reduced."""
+    """One selected variable and how it is reduced.
+
+    `kept_axes` are its stacked and feature axes (sorted): those of the scale.
+    """
 
     path: str
     shape: tuple[int, ...]
-    feature_axes: tuple[int, ...]
+    kept_axes: tuple[int, ...]
 
     @property
     def scale_key(self) -> str:
@@ -33,11 +36,11 @@ class _Target(NamedTuple):
 
     @property
     def scale_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape[axis] for axis in self.feature_axes)
+        return tuple(self.shape[axis] for axis in self.kept_axes)
 
     @property
     def reduction_axes(self) -> tuple[int, ...]:
-        return tuple(a for a in range(len(self.shape)) if a not in self.feature_axes)
+        return tuple(a for a in range(len(self.shape)) if a not in self.kept_axes)
 
 
 def _check_config(config: Any) -> None:
@@ -61,6 +64,26 @@ def _check_inexact(path: str, leaf: Any) -> None:
         )
 
 
+def _kept_axes(path: str, shape: tuple[int, ...], config: WeightNormConfig) -> tuple[int, ...]:
+    """The stacked axes, then the feature axes counted within one layer's shape."""
+    stack = config.stack_axes
+    if len(shape) < stack:
+        raise ValueError(
+            f"Variable {path!r} with shape {shape} has fewer than `stack_axes={stack}` "
+            "axes. Set `stack_axes` to the number of leading axes that index "
+            "stacked layers, or narrow `variable_filter`."
+        )
+    layer_shape = shape[stack:]
+    if stack and not layer_shape and config.feature_axes is not None:
+        raise ValueError(
+            f"Variable {path!r} with shape {shape} has no axes left after "
+            f"`stack_axes={stack}`, so it has no feature axis {config.feature_axes!r}. "
+            "Use `feature_axes=None`, or narrow `variable_filter`."
+        )
+    axes = resolve_feature_axes(path, layer_shape, config.feature_axes)
+    return tuple(range(stack)) + tuple(stack + axis for axis in axes)
+
+
 def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]:
     """The selected variables of `flat`, checked against the config."""
     check_flat(flat)
@@ -71,8 +94,7 @@ def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]
             continue
         _check_inexact(path, leaf)
         shape = tuple(np.shape(leaf))
-        axes = resolve_feature_axes(path, shape, config.feature_axes)
-        targets.append(_Target(path, shape, axes))
+        targets.append(_Target(path, shape, _kept_axes(path, shape, config)))
     return targets
 
 
