@@ -78,9 +78,12 @@ class WeightNorm(hk.Module):
         keeps its bias `"wide/b"` as it is). Otherwise as the core takes it:
         None or empty for every parameter, strings by flax's substring rule on
         the full name (`"mlp/~/linear_0/w"`), or a predicate on the full name.
-      stack_axes: leading axes of stacked parameters (when wrapping an
-        `hk.layer_stack` from outside) kept out of the reduction, so each
-        layer keeps its own norm; `feature_axes` then count within one layer.
+      stack_axes: leading axes of parameters stacked by hand (e.g. a module
+        that creates one `(layers, in, out)` parameter) kept out of the
+        reduction, so each layer keeps its own norm; `feature_axes` then count
+        within one layer. `hk.layer_stack` needs none: it reads its layers'
+        parameters one at a time, so each gets its own norm and Haiku stacks
+        the scales.
       name: the wrapper's module name (default `"weight_norm"`).
 
     Sharded parameters: shard each scale like its parameter's feature axes,
