@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import freeze, unfreeze
+from jax.sharding import PartitionSpec as P
 
 from tests.peers import assert_bitwise_equal
 from weightnorm.adapters import linen as wl
@@ -415,18 +416,32 @@ def test_predicate_filter():
     ]
 
 
-def test_boxed_kernel_behaves_as_in_flax():
-    # Drop-in: like flax, the box's `value` shows in the scale's name and the scale is unboxed.
+def test_boxed_kernel_gets_a_boxed_scale_under_a_stable_name():
+    # flax names the scale `.../kernel/value/scale` (the box leaks into the name) and
+    # leaves it unboxed (replicated); ours is `.../kernel/scale`, boxed like the kernel
+    # at its feature axis (tests/test_sharding.py). The numbers are flax's.
     x = jnp.ones((2, 3))
     init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
     theirs = nn.WeightNorm(nn.Dense(4, kernel_init=init))
     ours = wl.WeightNorm(nn.Dense(4, kernel_init=init))
     their_vars = theirs.init(jax.random.key(0), x)
     our_vars = ours.init(jax.random.key(0), x)
+    assert sorted(their_vars["params"]) == ["layer_instance", "layer_instance/kernel/value/scale"]
+    assert sorted(our_vars["params"]) == ["layer_instance", "layer_instance/kernel/scale"]
     assert isinstance(our_vars["params"]["layer_instance"]["kernel"], nn.Partitioned)
-    assert nn.get_partition_spec(our_vars) == nn.get_partition_spec(their_vars)
-    assert_same_variables(nn.unbox(our_vars), nn.unbox(their_vars))
-    assert_bitwise_equal(ours.apply(their_vars, x), theirs.apply(their_vars, x))
+    scale = our_vars["params"]["layer_instance/kernel/scale"]
+    assert isinstance(scale, nn.Partitioned) and scale.names == ("model",)
+    assert nn.get_partition_spec(our_vars)["params"]["layer_instance/kernel/scale"] == P("model")
+    renamed = {
+        "params": {
+            "layer_instance": their_vars["params"]["layer_instance"],
+            "layer_instance/kernel/scale": their_vars["params"][
+                "layer_instance/kernel/value/scale"
+            ],
+        }
+    }
+    assert_same_variables(nn.unbox(our_vars), nn.unbox(renamed))
+    assert_bitwise_equal(ours.apply(renamed, x), theirs.apply(their_vars, x))
 
 
 def test_bf16_kernel_is_stored_as_float32_at_init_like_flax():
