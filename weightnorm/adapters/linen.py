@@ -125,22 +125,23 @@ class WeightNorm(nn.Module):
         # on and names the scales after.
         named = {self.layer_instance.name: params}
         boxes = _boxes(named)
-        unboxed = jax.tree.map(_unbox, named, is_leaf=_is_box)
+        unboxed = jax.tree.map(_unbox, named, is_leaf=_is_box) if boxes else named
         flat = core.flatten(unboxed)
         names = {path: box.names for path, box in boxes.items() if isinstance(box, nn.Partitioned)}
-        specs = core.scale_partition_specs(flat, names, config)
+        specs = core.scale_partition_specs(flat, names, config) if names else {}
         scales = {
             name: self.param(
                 name,
-                _scale_init(config, boxes.get(name[: -len(core.SCALE_SUFFIX)]), specs[name]),
+                _scale_init(config, boxes.get(name[: -len(core.SCALE_SUFFIX)]), specs.get(name)),
                 shape,
                 config.param_dtype,
             )
             for name, shape in core.scale_shapes(flat, config).items()
         }
         normalized = core.unflatten(core.normalize(flat, scales, config), like=unboxed)
-        reboxed = jax.tree.map(_rebox, named, normalized, is_leaf=_is_box)
-        return reboxed[self.layer_instance.name]
+        if boxes:
+            normalized = jax.tree.map(_rebox, named, normalized, is_leaf=_is_box)
+        return normalized[self.layer_instance.name]
 
 
 def _is_box(node: Any) -> bool:

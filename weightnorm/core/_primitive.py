@@ -114,16 +114,34 @@ def _tangent(value, scale, inverse, d_value, d_scale, reduction_axes, out_dtype)
     never `v / ||v||`, so transposing it keeps only `v` and per-feature vectors.
     The per-feature factor is multiplied out from `<v, dv>` first, so zero
     weights (`<v, dv> = 0`) give 0 rather than `0 * (1/epsilon)^3 = inf * 0`.
+    Written in `lax` with explicit broadcasts: this runs at every trace, and
+    `jnp`'s promotion checks would double its tracing time.
     """
-    wide = value.astype(inverse.dtype)
-    d_wide = d_value.astype(inverse.dtype)
-    along = (wide * d_wide).sum(axis=reduction_axes, keepdims=True)
-    gain = inverse if scale is None else inverse * _broadcastable(scale, reduction_axes)
-    radial = ((along * inverse) * inverse) * gain
-    coefficient = -radial
-    if scale is not None:
-        coefficient = coefficient + _broadcastable(d_scale, reduction_axes) * inverse
-    return (gain * d_wide + coefficient * wide).astype(out_dtype)
+    dtype = inverse.dtype
+    shape = value.shape
+    kept = tuple(axis for axis in range(value.ndim) if axis not in reduction_axes)
+
+    def full(per_feature):  # (1, ..., features, ...) -> value's shape
+        return lax.broadcast_in_dim(lax.reshape(per_feature, _kept_shape(shape, kept)), shape, kept)
+
+    def per_feature(array):  # value's kept sizes, with size-1 reduced axes
+        return lax.reshape(lax.convert_element_type(array, dtype), inverse.shape)
+
+    wide = lax.convert_element_type(value, dtype)
+    d_wide = lax.convert_element_type(d_value, dtype)
+    along = lax.reshape(lax.reduce_sum(lax.mul(wide, d_wide), reduction_axes), inverse.shape)
+    gain = inverse if scale is None else lax.mul(inverse, per_feature(scale))
+    radial = lax.mul(lax.mul(lax.mul(along, inverse), inverse), gain)
+    if scale is None:
+        coefficient = lax.neg(radial)
+    else:
+        coefficient = lax.sub(lax.mul(per_feature(d_scale), inverse), radial)
+    tangent = lax.add(lax.mul(full(gain), d_wide), lax.mul(full(coefficient), wide))
+    return lax.convert_element_type(tangent, out_dtype)
+
+
+def _kept_shape(shape, kept):
+    return tuple(shape[axis] for axis in kept)
 
 
 @_scaled.defjvp
