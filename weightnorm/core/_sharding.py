@@ -42,7 +42,7 @@ def scale_partition_spec(kernel_names: AxisNames | None, kept_axes: Sequence[int
 
     Example:
       >>> scale_partition_spec(PartitionSpec(None, "model"), (1,))
-      PartitionSpec('model',)
+      P('model',)
       >>> scale_partition_spec(("embed", "mlp"), (0,))
       ('embed',)
     """
@@ -78,7 +78,7 @@ def scale_partition_specs(
       >>> flat = {"Dense_0/kernel": jnp.zeros((4, 8))}
       >>> scale_partition_specs(flat, {"Dense_0/kernel": PartitionSpec(None, "model")},
       ...                       WeightNormConfig())
-      {'Dense_0/kernel/scale': PartitionSpec('model',)}
+      {'Dense_0/kernel/scale': P('model',)}
     """
     if not config.use_scale:
         return {}
