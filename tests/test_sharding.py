@@ -186,6 +186,28 @@ def _probe() -> dict:  # pragma: no cover - runs in the subprocess
             )
             seen[f"hlo_{axis_name}_{weight_norm}"] = compiled.as_text()
 
+    # Haiku: scale specs from the kernels' specs; a train step keeps them.
+    import haiku as hk
+
+    from weightnorm.adapters import haiku as whk
+
+    model = hk.without_apply_rng(hk.transform(lambda x: whk.WeightNorm(hk.Linear(32))(x)))
+    x = jax.random.normal(jax.random.key(1), (4, 16))
+    params = model.init(jax.random.key(0), x)
+    flat = whk.flatten(params)
+    kernel_specs = {"linear/w": P(None, "model"), "linear/b": P("model")}
+    config = core.WeightNormConfig(variable_filter=lambda path: path.endswith("/w"))
+    kernels = {k: v for k, v in flat.items() if k.startswith("linear/")}
+    # Haiku keeps the scales in the wrapper's bundle: prefix its name.
+    scale_specs = core.scale_partition_specs(kernels, kernel_specs, config)
+    specs = {**kernel_specs, **{f"weight_norm/{k}": v for k, v in scale_specs.items()}}
+    with jax.set_mesh(explicit):
+        placed = {k: jax.device_put(v, NamedSharding(explicit, specs[k])) for k, v in flat.items()}
+        placed = whk.unflatten(placed, like=params)
+        grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2)))(placed)
+    seen["haiku_specs"] = {k: str(v) for k, v in specs.items()}
+    seen["haiku_grad_specs"] = {k: str(v.sharding.spec) for k, v in whk.flatten(grads).items()}
+
     # Equinox: a sharded weight gets its scale placed like the weight's axis 0.
     linear = eqx.nn.Linear(16, 32, key=jax.random.key(0))
     linear = eqx.tree_at(
@@ -246,3 +268,12 @@ def test_reduction_axis_sharding_adds_one_all_reduce_of_the_scale_size(probe):
 
 def test_equinox_scale_is_placed_like_its_weight(probe):
     assert probe["equinox_scale_spec"] == "P('model',)"
+
+
+def test_haiku_scales_shard_like_their_kernels_through_a_train_step(probe):
+    assert probe["haiku_specs"]["weight_norm/linear/w/scale"] == "P('model',)"
+    assert probe["haiku_grad_specs"] == {
+        "linear/b": "P('model',)",
+        "linear/w": "P(None, 'model')",
+        "weight_norm/linear/w/scale": "P('model',)",
+    }
