@@ -189,6 +189,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         feature_axes: core.FeatureAxes = 0,
         variable_filter: Any = _AFFINE_WEIGHTS,
         key: jax.Array | None = None,
+        stack_axes: int = 0,
     ) -> None:
         """Wraps `layer` and makes the scales of its selected arrays.
 
@@ -214,6 +215,12 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
             lambda per wrapper does not). Initial values inside an
             `eqx.nn.StateIndex` are state and never selected.
           key: PRNG key for `scale_init`; may be None when it is deterministic.
+          stack_axes: leading axes of stacked weights (an `eqx.filter_vmap`-built
+            stack) kept out of the reduction, so each layer keeps its own norm;
+            `feature_axes` then count within one layer. Default 0.
+
+        A selected array placed with a `NamedSharding` gets its scale placed
+        on the same mesh, sharded like the array's feature axes.
 
         Raises:
           ValueError: naming the path and shape when a feature axis does not
@@ -230,10 +237,14 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
             scale_init=scale_init,
             feature_axes=feature_axes,
             variable_filter=variable_filter,
+            stack_axes=stack_axes,
         )
         params, _ = _split_params(layer)
+        flat = core.flatten(params)
         self.layer = layer
-        self.scales = core.init_scales(core.flatten(params), config, key)
+        self.scales = _placed(
+            core.init_scales(flat, config, key), core.scale_shardings(flat, config)
+        )
         self.config = config.replace(scale_init=_scales_made_at_construction)
 
     def normalized_layer(self) -> _Layer:
@@ -256,6 +267,14 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         for hook in _CALL_HOOKS:
             layer = hook(self, layer)
         return layer(*args, **kwargs)
+
+
+def _placed(scales: dict[str, Any], shardings: Mapping[str, Any]) -> dict[str, Any]:
+    """Each scale put on its sharding, where it has one."""
+    return {
+        name: jax.device_put(scale, shardings[name]) if name in shardings else scale
+        for name, scale in scales.items()
+    }
 
 
 def flatten(module: Any) -> dict[str, Any]:

@@ -81,7 +81,16 @@ class WeightNorm(hk.Module):
         keeps its bias `"wide/b"` as it is). Otherwise as the core takes it:
         None or empty for every parameter, strings by flax's substring rule on
         the full name (`"mlp/~/linear_0/w"`), or a predicate on the full name.
+      stack_axes: leading axes of parameters stacked by hand (e.g. a module
+        that creates one `(layers, in, out)` parameter) kept out of the
+        reduction, so each layer keeps its own norm; `feature_axes` then count
+        within one layer. `hk.layer_stack` needs none: it reads its layers'
+        parameters one at a time, so each gets its own norm and Haiku stacks
+        the scales.
       name: the wrapper's module name (default `"weight_norm"`).
+
+    Sharded parameters: shard each scale like its parameter's feature axes,
+    e.g. with `weightnorm.core.scale_partition_specs` (see docs/sharding.md).
 
     Raises:
       TypeError: when `module` is not callable, and as `WeightNormConfig` for
@@ -108,6 +117,7 @@ class WeightNorm(hk.Module):
         scale_init: str | Callable[..., Any] = "ones",
         feature_axes: core.FeatureAxes = -1,
         variable_filter: core.VariableFilter = _NamedParameter("w"),
+        stack_axes: int = 0,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -125,6 +135,7 @@ class WeightNorm(hk.Module):
             scale_init=scale_init,
             feature_axes=feature_axes,
             variable_filter=variable_filter,
+            stack_axes=stack_axes,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

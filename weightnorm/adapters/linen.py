@@ -19,6 +19,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
     raise ImportError(
         "weightnorm.adapters.linen needs flax: pip install 'weightnorm[linen]'"
     ) from error
+import jax
 import jax.numpy as jnp
 
 from .. import core
@@ -58,6 +59,15 @@ class WeightNorm(nn.Module):
       variable_filter: which parameters to normalize, by flax's substring rule
         on `"<layer name>/<path>"` (default `{"kernel"}`); None or empty for
         every parameter; a bare string is one item; or a predicate on the path.
+      stack_axes: leading axes of stacked parameters (e.g. a wrapped
+        `nn.scan`) kept out of the reduction, so each layer keeps its own
+        norm; `feature_axes` then count within one layer. Default 0.
+
+    Partitioned parameters: a kernel boxed by `nn.with_partitioning` or
+    `nn.with_logical_partitioning` gets a scale boxed the same way, with the
+    kernel's names at its feature axes, under the usual name
+    `"<layer name>/kernel/scale"`; `nn.get_partition_spec` reads it (see
+    docs/sharding.md).
 
     Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -75,6 +85,7 @@ class WeightNorm(nn.Module):
     scale_init: Any = nn.initializers.ones
     feature_axes: Any = -1
     variable_filter: Any = dataclasses.field(default_factory=lambda: {"kernel"})
+    stack_axes: int = 0
 
     @property
     def config(self) -> core.WeightNormConfig:
@@ -87,6 +98,7 @@ class WeightNorm(nn.Module):
             scale_init=self.scale_init,
             feature_axes=self.feature_axes,
             variable_filter=self.variable_filter,
+            stack_axes=self.stack_axes,
         )
 
     @nn.compact
@@ -118,17 +130,66 @@ class WeightNorm(nn.Module):
         # Paths are "<layer name>/<path in layer>", which is what flax filters
         # on and names the scales after.
         named = {self.layer_instance.name: params}
-        flat = core.flatten(named)
-        shapes = core.scale_shapes(flat, config)
+        boxes = _boxes(named)
+        unboxed = jax.tree.map(_unbox, named, is_leaf=_is_box) if boxes else named
+        flat = core.flatten(unboxed)
         if self.is_initializing():
             warn_if_nothing_selected(flat, config, stacklevel=2)
+        names = {path: box.names for path, box in boxes.items() if isinstance(box, nn.Partitioned)}
+        specs = core.scale_partition_specs(flat, names, config) if names else {}
         initializer = _scale_initializer(flat, config)
         scales = {
-            name: self.param(name, initializer(name), shape, config.param_dtype)
-            for name, shape in shapes.items()
+            name: self.param(
+                name,
+                _boxed_like_kernel(
+                    initializer(name), boxes.get(name[: -len(core.SCALE_SUFFIX)]), specs.get(name)
+                ),
+                shape,
+                config.param_dtype,
+            )
+            for name, shape in core.scale_shapes(flat, config).items()
         }
-        normalized = core.normalize(flat, scales, config)
-        return core.unflatten(normalized, like=named)[self.layer_instance.name]
+        normalized = core.unflatten(core.normalize(flat, scales, config), like=unboxed)
+        if boxes:
+            normalized = jax.tree.map(_rebox, named, normalized, is_leaf=_is_box)
+        return normalized[self.layer_instance.name]
+
+
+def _is_box(node: Any) -> bool:
+    return isinstance(node, nn.meta.AxisMetadata)
+
+
+def _unbox(node: Any) -> Any:
+    # No sharding constraint here: the wrapped layer applies it when it reads the
+    # (re-boxed) normalized parameter.
+    if isinstance(node, nn.Partitioned):
+        return node.value
+    return node.unbox() if _is_box(node) else node
+
+
+def _rebox(original: Any, normalized: Any) -> Any:
+    return original.replace_boxed(normalized) if _is_box(original) else normalized
+
+
+def _boxes(tree: Any) -> dict[str, Any]:
+    """`{path: box}` of the metadata-boxed (e.g. partitioned) leaves, keyed like `core.flatten`."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)[0]
+    return {
+        jax.tree_util.keystr(key_path, simple=True, separator="/"): leaf
+        for key_path, leaf in leaves
+        if _is_box(leaf)
+    }
+
+
+def _boxed_like_kernel(init_fn: Any, box: Any, names: Any) -> Any:
+    """`init_fn`, boxed like a partitioned kernel with the kernel's names at its feature axes."""
+    if not isinstance(box, nn.Partitioned):
+        return init_fn
+
+    def init(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        return dataclasses.replace(box, value=init_fn(key, shape, dtype), names=names)
+
+    return init
 
 
 def flatten(variables: Any) -> dict[str, Any]:

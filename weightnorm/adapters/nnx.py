@@ -144,6 +144,7 @@ class WeightNorm(nnx.Module):
         param_dtype: Any = jnp.float32,
         variable_filter: Any = _KERNELS,
         rngs: nnx.Rngs | None = None,
+        stack_axes: int = 0,
     ) -> None:
         """Wraps `layer_instance` and makes the scales of its selected params.
 
@@ -174,6 +175,9 @@ class WeightNorm(nnx.Module):
           rngs: random streams; a key is drawn from `rngs.params()` only when
             `scale_init` needs one, so a deterministic `scale_init` (the
             default `ones`, `"norm"`) leaves the streams as they were.
+          stack_axes: leading axes of stacked params (e.g. an `nnx.vmap`-built
+            ensemble) kept out of the reduction, so each member keeps its own
+            norm; `feature_axes` then count within one member. Default 0.
 
         Warns:
           NoVariableSelectedWarning: when the filter selects none of the
@@ -207,6 +211,7 @@ class WeightNorm(nnx.Module):
             scale_init=scale_init,
             feature_axes=feature_axes,
             variable_filter=variable_filter,
+            stack_axes=stack_axes,
         )
         self.layer_instance = layer_instance
         flat = {key: param.get_value() for key, (_, param) in params.items()}
@@ -219,7 +224,7 @@ class WeightNorm(nnx.Module):
         self.scales = nnx.data(
             {
                 key: _scale_param(
-                    scale, params[key.removesuffix(core.SCALE_SUFFIX)][1], self.config
+                    scale, key.removesuffix(core.SCALE_SUFFIX), params, self.config
                 )
                 for key, scale in scales.items()
             }
@@ -295,22 +300,25 @@ def _init_scales(
         ) from error
 
 
-def _scale_param(scale: jax.Array, param: nnx.Variable, config: core.WeightNormConfig) -> nnx.Param:
-    """The scale as an `nnx.Param`, sharded as `param`'s feature axes are.
+def _scale_param(
+    scale: jax.Array, path: str, params: Mapping[str, Any], config: core.WeightNormConfig
+) -> nnx.Param:
+    """The scale of `params[path]` as an `nnx.Param`, sharded as the param's kept axes are.
 
     A param made with `nnx.with_partitioning(init, (None, "model"))` carries
     `out_sharding=(None, "model")`; the scale of its feature axis `-1` gets
-    `("model",)`, and the param's mesh (from its metadata or its value's
+    `("model",)` (the core's `scale_partition_specs` rule, stacked axes
+    included), and the param's mesh (from its metadata or its value's
     sharding), so it is made sharded even outside the mesh's context.
     """
+    param = params[path][1]
     metadata = param.get_metadata()
     names = metadata.get("out_sharding")
     if not names:
         return nnx.Param(scale)
-    ndim = len(names)
-    axes = config.feature_axes
-    axes = () if axes is None else (axes,) if isinstance(axes, int) else axes
-    sharding = {"out_sharding": tuple(names[axis] for axis in sorted(a % ndim for a in axes))}
+    flat = {path: param.get_value()}
+    spec = core.scale_partition_specs(flat, {path: tuple(names)}, config)[path + core.SCALE_SUFFIX]
+    sharding = {"out_sharding": tuple(spec)}
     for name in ("mesh", "sharding_rules", "eager_sharding"):
         if metadata.get(name) is not None:
             sharding[name] = metadata[name]

@@ -16,6 +16,9 @@ from ._normalize import SCALE_SUFFIX as SCALE_SUFFIX
 from ._normalize import decompose as decompose
 from ._normalize import normalize as normalize
 from ._normalize import scale_shapes as scale_shapes
+from ._sharding import scale_partition_spec as scale_partition_spec
+from ._sharding import scale_partition_specs as scale_partition_specs
+from ._sharding import scale_shardings as scale_shardings
 from ._tree import flatten as flatten
 from ._tree import unflatten as unflatten
 from ._warnings import NoVariableSelectedWarning as NoVariableSelectedWarning
@@ -32,7 +35,10 @@ __all__ = [
     "fold",
     "init_scales",
     "normalize",
+    "scale_partition_spec",
+    "scale_partition_specs",
     "scale_shapes",
+    "scale_shardings",
     "select",
     "unflatten",
     "unfold",

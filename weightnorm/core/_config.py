@@ -120,6 +120,12 @@ class WeightNormConfig:
         for every variable, a string or an iterable of strings (a variable is
         selected when one of them is a substring of its path, flax's rule; a
         bare string is one item), or a predicate on the '/'-joined path.
+      stack_axes: how many leading axes index layers of a stack (from
+        `nn.scan`/`nn.vmap`, `hk.layer_stack` or `eqx.filter_vmap`) when the
+        weight norm wraps the stack from outside: they are kept out of the
+        reduction, so each layer keeps its own norm and scale (the scale's
+        shape starts with them), and `feature_axes` count within one layer's
+        shape (so 0 is a layer's first axis). Default 0.
 
     Raises:
       TypeError, ValueError: for a value of the wrong type or out of range.
@@ -139,6 +145,7 @@ class WeightNormConfig:
     scale_init: str | Callable[..., Any] = "ones"
     feature_axes: FeatureAxes = -1
     variable_filter: VariableFilter = frozenset({"kernel"})
+    stack_axes: int = 0
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__
@@ -152,6 +159,14 @@ class WeightNormConfig:
         _check_scale_init(self.scale_init)
         set_field(self, "feature_axes", _feature_axes(self.feature_axes))
         set_field(self, "variable_filter", canonical_filter(self.variable_filter))
+        if not _is_int(self.stack_axes):
+            raise TypeError(f"`stack_axes` must be an int, got {self.stack_axes!r}.")
+        if int(self.stack_axes) < 0:
+            raise ValueError(
+                "`stack_axes` must be >= 0 (the number of leading axes that index "
+                f"stacked layers), got {self.stack_axes!r}."
+            )
+        set_field(self, "stack_axes", int(self.stack_axes))
 
     def replace(self, **changes: Any) -> WeightNormConfig:
         """A copy with some fields changed (and checked again)."""

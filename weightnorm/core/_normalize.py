@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from ._config import WeightNormConfig, resolve_feature_axes
 from ._filters import matches
+from ._primitive import squared_norm, weight_norm
 from ._tree import check_flat
 
 __all__ = ["scale_shapes", "init_scales", "normalize", "decompose", "SCALE_SUFFIX"]
@@ -21,11 +21,14 @@ SCALE_SUFFIX = "/scale"
 
 
 class _Target(NamedTuple):
-    """One selected variable and how it is reduced."""
+    """One selected variable and how it is reduced.
+
+    `kept_axes` are its stacked and feature axes (sorted): those of the scale.
+    """
 
     path: str
     shape: tuple[int, ...]
-    feature_axes: tuple[int, ...]
+    kept_axes: tuple[int, ...]
 
     @property
     def scale_key(self) -> str:
@@ -33,18 +36,11 @@ class _Target(NamedTuple):
 
     @property
     def scale_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape[axis] for axis in self.feature_axes)
+        return tuple(self.shape[axis] for axis in self.kept_axes)
 
     @property
     def reduction_axes(self) -> tuple[int, ...]:
-        return tuple(a for a in range(len(self.shape)) if a not in self.feature_axes)
-
-    @property
-    def broadcast_shape(self) -> tuple[int, ...]:
-        """The scale's shape with size-1 dimensions at the reduced axes."""
-        return tuple(
-            size if axis in self.feature_axes else 1 for axis, size in enumerate(self.shape)
-        )
+        return tuple(a for a in range(len(self.shape)) if a not in self.kept_axes)
 
 
 def _check_config(config: Any) -> None:
@@ -68,6 +64,26 @@ def _check_inexact(path: str, leaf: Any) -> None:
         )
 
 
+def _kept_axes(path: str, shape: tuple[int, ...], config: WeightNormConfig) -> tuple[int, ...]:
+    """The stacked axes, then the feature axes counted within one layer's shape."""
+    stack = config.stack_axes
+    if len(shape) < stack:
+        raise ValueError(
+            f"Variable {path!r} with shape {shape} has fewer than `stack_axes={stack}` "
+            "axes. Set `stack_axes` to the number of leading axes that index "
+            "stacked layers, or narrow `variable_filter`."
+        )
+    layer_shape = shape[stack:]
+    if stack and not layer_shape and config.feature_axes is not None:
+        raise ValueError(
+            f"Variable {path!r} with shape {shape} has no axes left after "
+            f"`stack_axes={stack}`, so it has no feature axis {config.feature_axes!r}. "
+            "Use `feature_axes=None`, or narrow `variable_filter`."
+        )
+    axes = resolve_feature_axes(path, layer_shape, config.feature_axes)
+    return tuple(range(stack)) + tuple(stack + axis for axis in axes)
+
+
 def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]:
     """The selected variables of `flat`, checked against the config."""
     check_flat(flat)
@@ -78,8 +94,7 @@ def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]
             continue
         _check_inexact(path, leaf)
         shape = tuple(np.shape(leaf))
-        axes = resolve_feature_axes(path, shape, config.feature_axes)
-        targets.append(_Target(path, shape, axes))
+        targets.append(_Target(path, shape, _kept_axes(path, shape, config)))
     return targets
 
 
@@ -209,29 +224,6 @@ def _check_scales(
             )
 
 
-def _accumulation_dtype(dtype: Any) -> Any:
-    """float32 for floats whose exponent range is narrower than float32's.
-
-    In float16 (and float8) `epsilon=1e-12` rounds to 0 and squares of |v| > 256
-    overflow, which would give NaN for zero weights and 0 for large ones. Such
-    arrays are normalized in float32 and cast back. Every other dtype (float32,
-    bfloat16, float64, complex) is computed in its own dtype, as flax does.
-    """
-    if (
-        jnp.issubdtype(dtype, jnp.floating)
-        and jnp.finfo(dtype).maxexp < jnp.finfo(jnp.float32).maxexp
-    ):
-        return jnp.float32
-    return dtype
-
-
-def _squares(value: jax.Array) -> jax.Array:
-    """|v|^2 elementwise; for real arrays exactly `v * v`, as flax computes it."""
-    if jnp.iscomplexobj(value):
-        return lax.square(jnp.real(value)) + lax.square(jnp.imag(value))
-    return value * value
-
-
 def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
     """flax's `canonicalize_dtype`: the given dtype, else the promoted inexact one."""
     if config.dtype is not None:
@@ -239,25 +231,14 @@ def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
     return jnp.result_type(*arrays)
 
 
-def _squared_norm(target: _Target, value: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
-    """(`value` in its accumulation dtype, sum of |value|^2 over the reduced axes + epsilon).
-
-    The sum keeps the reduced axes (size 1), so it broadcasts against `value`.
-    """
-    wide = value.astype(_accumulation_dtype(value.dtype))
-    sum_of_squares = _squares(wide).sum(axis=target.reduction_axes, keepdims=True)
-    return wide, sum_of_squares + epsilon
-
-
 def _normalize_leaf(target: _Target, value: Any, scale: Any, config: WeightNormConfig) -> jax.Array:
     value = jnp.asarray(value)
-    wide, squared_norm = _squared_norm(target, value, config.epsilon)
-    normalized = wide * lax.rsqrt(squared_norm)
     if scale is None:
-        return jnp.asarray(normalized, _result_dtype(config, value))
-    scale = jnp.asarray(scale)
-    normalized = normalized * scale.reshape(target.broadcast_shape)
-    return jnp.asarray(normalized, _result_dtype(config, value, scale))
+        out_dtype = _result_dtype(config, value)
+    else:
+        scale = jnp.asarray(scale)
+        out_dtype = _result_dtype(config, value, scale)
+    return weight_norm(value, scale, target.reduction_axes, config.epsilon, out_dtype)
 
 
 def normalize(
@@ -338,7 +319,8 @@ def decompose(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str, ja
         )
     scales = {}
     for target in _targets(flat, config):
-        _, squared_norm = _squared_norm(target, jnp.asarray(flat[target.path]), config.epsilon)
-        norm = jnp.sqrt(squared_norm).reshape(target.scale_shape)
+        value = jnp.asarray(flat[target.path])
+        _, norms = squared_norm(value, target.reduction_axes, config.epsilon)
+        norm = jnp.sqrt(norms).reshape(target.scale_shape)
         scales[target.scale_key] = jnp.asarray(norm, config.param_dtype)
     return scales

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of weight normalization; run `python -m benchmarks.run --help`."""

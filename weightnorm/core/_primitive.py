@@ -1,0 +1,179 @@
+"""One weight-normalized array, with a derivative that keeps no weight-sized temporaries.
+
+`weight_norm(v, g, ...)` is `g * v * rsqrt(sum(|v|^2) + epsilon)` computed with
+flax's operations in flax's order (so float32 results are bitwise flax's). Its
+derivative is a `jax.custom_jvp` rule written so that, once JAX linearizes and
+transposes it for `grad`, the only arrays it keeps from the forward pass are
+`v` itself (a parameter, alive anyway) and per-feature vectors: autodiff of
+the plain formula instead keeps `v / ||v||` and other weight-sized
+intermediates. Being a JVP rule, forward mode (`jax.jvp`, `jax.jacfwd`,
+Hessians) works too.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "accumulation_dtype",
+    "effective_epsilon",
+    "squares",
+    "squared_norm",
+    "weight_norm",
+]
+
+
+def accumulation_dtype(dtype: Any) -> Any:
+    """float32 for floats narrower than float32 (float16, bfloat16, float8).
+
+    In float16 `epsilon=1e-12` rounds to 0 and squares of |v| > 256 overflow;
+    in bfloat16 a sum of many squares loses most of its bits. Such arrays are
+    normalized in float32 and the result cast back. float32, float64 and
+    complex arrays are computed in their own dtype, as flax does.
+    """
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)
+
+
+def squares(value: jax.Array) -> jax.Array:
+    """|v|^2 elementwise; for real arrays exactly `v * v`, as flax computes it."""
+    if jnp.iscomplexobj(value):
+        return lax.square(jnp.real(value)) + lax.square(jnp.imag(value))
+    return value * value
+
+
+def squared_norm(
+    value: jax.Array, reduction_axes: tuple[int, ...], epsilon: float
+) -> tuple[jax.Array, jax.Array]:
+    """(`value` in its accumulation dtype, sum of |value|^2 over `reduction_axes` + epsilon).
+
+    The sum keeps the reduced axes (size 1), so it broadcasts against `value`.
+    For floats narrower than float32 the epsilon is at least the smallest
+    normal number of `value`'s dtype (`effective_epsilon`).
+    """
+    wide = value.astype(accumulation_dtype(value.dtype))
+    epsilon = effective_epsilon(epsilon, value.dtype)
+    return wide, squares(wide).sum(axis=reduction_axes, keepdims=True) + epsilon
+
+
+def effective_epsilon(epsilon: float, dtype: Any) -> float:
+    """`epsilon`, raised to `finfo(dtype).tiny` for floats narrower than float32.
+
+    An epsilon under a dtype's smallest normal number is no epsilon in that
+    dtype: in float16 (tiny 6.1e-5) the default 1e-12 would let the gradient
+    at an all-zero weight, `scale / sqrt(epsilon)` = 1e6, overflow the
+    float16 maximum 65504. With 6.1e-5 it is 128 * scale. bfloat16 (tiny
+    1.2e-38) keeps 1e-12; float32 and wider always keep `epsilon` (flax's).
+    """
+    if accumulation_dtype(dtype) != jnp.dtype(dtype):
+        return max(epsilon, float(jnp.finfo(dtype).tiny))
+    return epsilon
+
+
+def _forward(
+    value: jax.Array,
+    scale: jax.Array | None,
+    reduction_axes: tuple[int, ...],
+    epsilon: float,
+    out_dtype: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """(the normalized array, rsqrt of the squared norms); flax's ops, flax's order."""
+    wide, norms = squared_norm(value, reduction_axes, epsilon)
+    inverse = lax.rsqrt(norms)
+    normalized = wide * inverse
+    if scale is not None:
+        normalized = normalized * _broadcastable(scale, reduction_axes)
+    return normalized.astype(out_dtype), inverse
+
+
+def _broadcastable(scale: jax.Array, reduction_axes: tuple[int, ...]) -> jax.Array:
+    """`scale` with size-1 dimensions inserted at the reduced axes."""
+    return lax.expand_dims(scale, reduction_axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _scaled(value, scale, reduction_axes, epsilon, out_dtype):
+    return _forward(value, scale, reduction_axes, epsilon, out_dtype)[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _unscaled(value, reduction_axes, epsilon, out_dtype):
+    return _forward(value, None, reduction_axes, epsilon, out_dtype)[0]
+
+
+def _tangent(value, scale, inverse, d_value, d_scale, reduction_axes, out_dtype):
+    """d(g v / ||v||) = (g/||v||) dv + (dg/||v|| - (g/||v||^3) <v, dv>) v.
+
+    Every weight-sized product has `v` or a tangent as its weight-sized factor,
+    never `v / ||v||`, so transposing it keeps only `v` and per-feature vectors.
+    The per-feature factor is multiplied out from `<v, dv>` first, so zero
+    weights (`<v, dv> = 0`) give 0 rather than `0 * (1/epsilon)^3 = inf * 0`.
+    Written in `lax` with explicit broadcasts: this runs at every trace, and
+    `jnp`'s promotion checks would double its tracing time.
+    """
+    dtype = inverse.dtype
+    shape = value.shape
+    kept = tuple(axis for axis in range(value.ndim) if axis not in reduction_axes)
+
+    def full(per_feature):  # (1, ..., features, ...) -> value's shape
+        return lax.broadcast_in_dim(lax.reshape(per_feature, _kept_shape(shape, kept)), shape, kept)
+
+    def per_feature(array):  # value's kept sizes, with size-1 reduced axes
+        return lax.reshape(lax.convert_element_type(array, dtype), inverse.shape)
+
+    wide = lax.convert_element_type(value, dtype)
+    d_wide = lax.convert_element_type(d_value, dtype)
+    along = lax.reshape(lax.reduce_sum(lax.mul(wide, d_wide), reduction_axes), inverse.shape)
+    gain = inverse if scale is None else lax.mul(inverse, per_feature(scale))
+    radial = lax.mul(lax.mul(lax.mul(along, inverse), inverse), gain)
+    if scale is None:
+        coefficient = lax.neg(radial)
+    else:
+        coefficient = lax.sub(lax.mul(per_feature(d_scale), inverse), radial)
+    tangent = lax.add(lax.mul(full(gain), d_wide), lax.mul(full(coefficient), wide))
+    return lax.convert_element_type(tangent, out_dtype)
+
+
+def _kept_shape(shape, kept):
+    return tuple(shape[axis] for axis in kept)
+
+
+@_scaled.defjvp
+def _scaled_jvp(reduction_axes, epsilon, out_dtype, primals, tangents):
+    value, scale = primals
+    d_value, d_scale = tangents
+    out, inverse = _forward(value, scale, reduction_axes, epsilon, out_dtype)
+    return out, _tangent(value, scale, inverse, d_value, d_scale, reduction_axes, out_dtype)
+
+
+@_unscaled.defjvp
+def _unscaled_jvp(reduction_axes, epsilon, out_dtype, primals, tangents):
+    (value,), (d_value,) = primals, tangents
+    out, inverse = _forward(value, None, reduction_axes, epsilon, out_dtype)
+    return out, _tangent(value, None, inverse, d_value, None, reduction_axes, out_dtype)
+
+
+def weight_norm(
+    value: jax.Array,
+    scale: jax.Array | None,
+    reduction_axes: tuple[int, ...],
+    epsilon: float,
+    out_dtype: Any,
+) -> jax.Array:
+    """`scale * value * rsqrt(sum(|value|^2 over reduction_axes) + epsilon)`, cast to `out_dtype`.
+
+    `scale` has `value`'s shape without the reduced axes (or is None for no
+    scale). Complex arrays take JAX's own derivative of the same formula.
+    """
+    if jnp.iscomplexobj(value):
+        return _forward(value, scale, reduction_axes, epsilon, out_dtype)[0]
+    out_dtype = jnp.dtype(out_dtype)
+    if scale is None:
+        return _unscaled(value, reduction_axes, epsilon, out_dtype)
+    return _scaled(value, scale, reduction_axes, epsilon, out_dtype)
