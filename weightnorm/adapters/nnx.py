@@ -223,9 +223,7 @@ class WeightNorm(nnx.Module):
             scales = {}
         self.scales = nnx.data(
             {
-                key: _scale_param(
-                    scale, key.removesuffix(core.SCALE_SUFFIX), params, self.config
-                )
+                key: _scale_param(scale, key.removesuffix(core.SCALE_SUFFIX), params, self.config)
                 for key, scale in scales.items()
             }
         )
