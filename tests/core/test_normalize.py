@@ -302,10 +302,10 @@ def test_float16_is_accumulated_in_float32_where_flax_breaks():
     theirs = flax_normalized(value, scale, param_dtype=jnp.float16)
     assert np.isnan(theirs[:, 0]).all() and (theirs[:, 1] == 0).all()
 
-    # The epsilon is at least float16's smallest normal (tests/core/test_precision.py).
+    # The epsilon is at least float16's smallest normal, squared (tests/core/test_precision.py).
     np.testing.assert_allclose(
         decompose({PATH: value}, config)[PATH + "/scale"],
-        np.float16([np.sqrt(np.finfo(np.float16).tiny), 500.0]),
+        np.float16([np.finfo(np.float16).tiny, 500.0]),
         rtol=1e-3,
     )
 

@@ -36,7 +36,10 @@ def test_narrow_floats_are_flax_on_a_float32_copy_rounded_once(value, dtype):
     narrow = jnp.asarray(value, dtype)
     scale = jnp.linspace(0.5, 2.0, value.shape[-1], dtype=dtype)
     ours = _ours(narrow, scale, param_dtype=dtype)
-    expected = flax_normalized(narrow.astype(jnp.float32), scale.astype(jnp.float32))
+    epsilon = max(1e-12, float(jnp.finfo(dtype).tiny) ** 2)  # the dtype-aware epsilon
+    expected = flax_normalized(
+        narrow.astype(jnp.float32), scale.astype(jnp.float32), epsilon=epsilon
+    )
     assert_bitwise_equal(ours, expected.astype(dtype))
 
 
@@ -67,8 +70,10 @@ def test_zero_weights_give_finite_values_and_gradients_with_the_default_epsilon(
     value = jnp.zeros((3, 2), dtype)
     scale = jnp.array([1.0, 3.0], dtype) if use_scale else None
 
+    # In float16 the gradient at v = 0 is upstream * scale / tiny (tiny = 6.1e-5, the
+    # epsilon being tiny**2): finite while upstream * scale < 4, as here (3 * 1.0).
     def loss(value, scale):
-        return jnp.sum(_ours(value, scale, param_dtype=dtype).astype(jnp.float32) * 7.0)
+        return jnp.sum(_ours(value, scale, param_dtype=dtype).astype(jnp.float32))
 
     out = _ours(value, scale, param_dtype=dtype)
     assert out.dtype == dtype and (np.asarray(out) == 0).all()
@@ -76,20 +81,23 @@ def test_zero_weights_give_finite_values_and_gradients_with_the_default_epsilon(
     for grad in jax.tree.leaves(grads):
         assert grad.dtype == dtype
         assert np.isfinite(np.asarray(grad, np.float32)).all()
-    # Gradient at v = 0 is 7 * scale / sqrt(epsilon): nonzero, so training can leave 0.
+    # Gradient at v = 0 is scale / sqrt(epsilon): nonzero, so training can leave 0.
     grad_v = grads[0] if use_scale else grads
     assert (np.asarray(grad_v, np.float32) > 0).all()
 
 
-def test_float16_epsilon_is_its_smallest_normal():
+def test_float16_epsilon_is_its_smallest_normal_squared():
     tiny = float(jnp.finfo(jnp.float16).tiny)
     value = jnp.zeros((4, 1), jnp.float16)
     config = WeightNormConfig(param_dtype=jnp.float16)
     (scale,) = decompose({PATH: value}, config).values()
-    np.testing.assert_allclose(np.float32(scale), np.sqrt(tiny), rtol=1e-3)
+    np.testing.assert_allclose(np.float32(scale), tiny, rtol=1e-3)
     grad = jax.grad(lambda v: jnp.sum(_ours(v, jnp.ones(1, jnp.float16), param_dtype=jnp.float16)))
-    np.testing.assert_allclose(np.float32(grad(value)), 1 / np.sqrt(tiny), rtol=1e-3)
-    # A larger epsilon than the smallest normal is kept as given.
+    np.testing.assert_allclose(np.float32(grad(value)), 1 / tiny, rtol=1e-3)  # 16384 < 65504
+    # A column of norm 0.01 is unaffected at float16's resolution.
+    small = jnp.full((4, 1), 0.005, jnp.float16)
+    np.testing.assert_allclose(np.float32(_ours(small, None)), 0.5, rtol=2**-11)
+    # A larger epsilon than that is kept as given.
     (scale,) = decompose({PATH: value}, config.replace(epsilon=1e-2)).values()
     np.testing.assert_allclose(np.float32(scale), 0.1, rtol=1e-3)
 

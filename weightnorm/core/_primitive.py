@@ -54,8 +54,8 @@ def squared_norm(
     """(`value` in its accumulation dtype, sum of |value|^2 over `reduction_axes` + epsilon).
 
     The sum keeps the reduced axes (size 1), so it broadcasts against `value`.
-    For floats narrower than float32 the epsilon is at least the smallest
-    normal number of `value`'s dtype (`effective_epsilon`).
+    For floats narrower than float32 the epsilon is at least the square of
+    the smallest normal number of `value`'s dtype (`effective_epsilon`).
     """
     wide = value.astype(accumulation_dtype(value.dtype))
     epsilon = effective_epsilon(epsilon, value.dtype)
@@ -63,16 +63,19 @@ def squared_norm(
 
 
 def effective_epsilon(epsilon: float, dtype: Any) -> float:
-    """`epsilon`, raised to `finfo(dtype).tiny` for floats narrower than float32.
+    """`epsilon`, raised to `finfo(dtype).tiny ** 2` for floats narrower than float32.
 
-    An epsilon under a dtype's smallest normal number is no epsilon in that
-    dtype: in float16 (tiny 6.1e-5) the default 1e-12 would let the gradient
-    at an all-zero weight, `scale / sqrt(epsilon)` = 1e6, overflow the
-    float16 maximum 65504. With 6.1e-5 it is 128 * scale. bfloat16 (tiny
-    1.2e-38) keeps 1e-12; float32 and wider always keep `epsilon` (flax's).
+    The gradient at an all-zero weight is `scale / sqrt(epsilon)`. In float16
+    the default 1e-12 makes it 1e6, past the float16 maximum 65504, so the
+    gradient would be inf. With `tiny ** 2` (3.7e-9, tiny = 6.1e-5) it is
+    `scale / tiny` = 16384 * scale, finite; and a column changes only when
+    its norm is within a few thousand times `tiny`, i.e. when it is hardly
+    representable in float16 anyway (a norm of 0.01 moves by 2e-5 relative,
+    below float16's resolution). bfloat16 (tiny 1.2e-38) keeps 1e-12;
+    float32 and wider always keep `epsilon` (flax's).
     """
     if accumulation_dtype(dtype) != jnp.dtype(dtype):
-        return max(epsilon, float(jnp.finfo(dtype).tiny))
+        return max(epsilon, float(jnp.finfo(dtype).tiny) ** 2)
     return epsilon
 
 
