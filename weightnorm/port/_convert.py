@@ -214,6 +214,11 @@ def _norm(w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
     return g.reshape(shape)
 
 
+def _epsilon(model: Model, scale_key: str) -> float:
+    """The epsilon of the wrapper holding `scale_key`: its own where known, else the default."""
+    return model.scale_epsilon.get(scale_key, _EPSILON[model.framework])
+
+
 def _port_layer(
     src: Layer, dst: Layer, source: Model, target: Model, out: dict[str, Any]
 ) -> tuple[str, list[str]]:
@@ -259,14 +264,14 @@ def _port_layer(
         if g is not None and axes_dst is not None and axes_src == axes_dst:
             note += f", weight norm copied (feature axes {dst_axes})"
         elif g is not None:
-            v = _normalized(v, g, axes_src, _EPSILON[src.framework])
+            v = _normalized(v, g, axes_src, _epsilon(source, p_src.scale_key))
             g = None
             note += ", weight norm folded" if axes_dst is None else ", weight norm refolded"
             note += "" if axes_dst is None else f" (feature axes {dst_axes})"
         elif axes_dst is not None:
             note += f", weight norm decomposed (feature axes {dst_axes})"
         if axes_dst is not None and g is None:
-            g = _norm(v, axes_dst, _EPSILON[dst.framework])
+            g = _norm(v, axes_dst, _epsilon(target, p_dst.scale_key))
         out[p_dst.key] = _framework(dst, role, v)
         if p_dst.scale_key is not None:
             g_dst = _framework(dst, role, g)
