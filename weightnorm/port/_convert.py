@@ -199,19 +199,30 @@ def _framework(layer: Layer, role: str, value: Any) -> np.ndarray:
     return to_layout(np.asarray(value), layer.canonical(role), layer.layout(role), layer.spatial)
 
 
-def _normalized(v: np.ndarray, g: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    config = core.WeightNormConfig(epsilon=epsilon, feature_axes=axes or None, variable_filter=None)
-    scale = np.reshape(g, [v.shape[a] for a in axes])
-    return np.asarray(core.normalize({"w": jnp.asarray(v)}, {"w/scale": scale}, config)["w"])
-
-
-def _norm(w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    config = core.WeightNormConfig(
-        epsilon=epsilon, feature_axes=axes or None, variable_filter=None, param_dtype=w.dtype
+def _config(
+    axes: tuple[int, ...], epsilon: float, dtype: Any = jnp.float32
+) -> core.WeightNormConfig:
+    return core.WeightNormConfig(
+        epsilon=epsilon, feature_axes=axes or None, variable_filter=None, param_dtype=dtype
     )
-    g = np.asarray(core.decompose({"w": jnp.asarray(w)}, config)["w/scale"])
+
+
+def _normalized(
+    key: str, v: np.ndarray, g: np.ndarray, axes: tuple[int, ...], epsilon: float
+) -> np.ndarray:
+    """`g * v / ||v||` over all but `axes` (`weightnorm.fold`); `key` names `v` in errors."""
+    scale = np.reshape(g, [v.shape[a] for a in axes])
+    folded = core.fold(
+        {key: jnp.asarray(v)}, {key + core.SCALE_SUFFIX: scale}, _config(axes, epsilon)
+    )
+    return np.asarray(folded[key])
+
+
+def _norm(key: str, w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
+    """The scale whose fold gives `w` (`weightnorm.unfold`), size 1 at the reduced axes."""
+    _, scales = core.unfold({key: jnp.asarray(w)}, _config(axes, epsilon, w.dtype))
     shape = [w.shape[a] if a in axes else 1 for a in range(w.ndim)]
-    return g.reshape(shape)
+    return np.asarray(scales[key + core.SCALE_SUFFIX]).reshape(shape)
 
 
 def _epsilon(model: Model, scale_key: str) -> float:
@@ -264,14 +275,14 @@ def _port_layer(
         if g is not None and axes_dst is not None and axes_src == axes_dst:
             note += f", weight norm copied (feature axes {dst_axes})"
         elif g is not None:
-            v = _normalized(v, g, axes_src, _epsilon(source, p_src.scale_key))
+            v = _normalized(p_src.key, v, g, axes_src, _epsilon(source, p_src.scale_key))
             g = None
             note += ", weight norm folded" if axes_dst is None else ", weight norm refolded"
             note += "" if axes_dst is None else f" (feature axes {dst_axes})"
         elif axes_dst is not None:
             note += f", weight norm decomposed (feature axes {dst_axes})"
         if axes_dst is not None and g is None:
-            g = _norm(v, axes_dst, _epsilon(target, p_dst.scale_key))
+            g = _norm(p_src.key, v, axes_dst, _epsilon(target, p_dst.scale_key))
         out[p_dst.key] = _framework(dst, role, v)
         if p_dst.scale_key is not None:
             g_dst = _framework(dst, role, g)
