@@ -55,13 +55,16 @@ class Pairing:
 def format_report(pairings: Sequence[Pairing]) -> str:
     """The pairing as an aligned text table, one layer a line.
 
+    A layer that is the whole model (a bare `torch.nn.Linear`, whose path is
+    `""`) is shown as `(top level)`.
+
     Examples:
-      >>> print(format_report([Pairing("fc", "Dense_0", "dense", "weight: O I -> I O")]))
-      source  destination  kind   transform
-      fc      Dense_0      dense  weight: O I -> I O
+      >>> print(format_report([Pairing("", "Dense_0", "dense", "weight: O I -> I O")]))
+      source       destination  kind   transform
+      (top level)  Dense_0      dense  weight: O I -> I O
     """
     rows = [("source", "destination", "kind", "transform")]
-    rows += [(p.src, p.dst, p.kind, p.transform) for p in pairings]
+    rows += [(_shown(p.src), _shown(p.dst), p.kind, p.transform) for p in pairings]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
@@ -69,6 +72,10 @@ def format_report(pairings: Sequence[Pairing]) -> str:
         + row[3]
         for row in rows
     )
+
+
+def _shown(path: str) -> str:
+    return path or "(top level)"
 
 
 def _layers(model: Model) -> tuple[list[Layer], list[str]]:

@@ -95,6 +95,11 @@ def _attach_scales(flat: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
+def _where(path: str) -> str:
+    """A module path for messages; the model itself has the empty path."""
+    return repr(path) if path else "The top-level module"
+
+
 def _numpy(value: Any) -> Any:
     if type(value).__module__.startswith("torch"):
         return value.detach().cpu().numpy()
@@ -160,7 +165,7 @@ def _read_equinox(module: Any) -> Model:
                 hints[name] = kind
                 if kind == "conv_transpose" and node.groups != 1:
                     raise PortError(
-                        f"{name!r} is a grouped transposed convolution (groups="
+                        f"{_where(name)} is a grouped transposed convolution (groups="
                         f"{node.groups}); only groups=1 can be ported."
                     )
                 break
@@ -323,7 +328,7 @@ def _read_torch(obj: Any) -> Model:
             kind = next((k for cls, k in kinds if isinstance(module, cls)), None)
             if kind == "conv_transpose" and module.groups != 1:
                 raise PortError(
-                    f"{name!r} is a grouped transposed convolution (groups="
+                    f"{_where(name)} is a grouped transposed convolution (groups="
                     f"{module.groups}); only groups=1 can be ported."
                 )
             if kind is not None:
