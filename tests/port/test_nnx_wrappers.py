@@ -111,6 +111,15 @@ def test_flax_nnx_weight_norm_is_refused_with_the_reason_and_the_fix():
         convert(torch.nn.Linear(4, 4), src="torch", dst="nnx", like=flax_wrapped)
 
 
+def test_a_wrapper_without_scales_is_refused_as_no_port_keeps_its_function():
+    scaleless = nnx.Sequential(wn.WeightNorm(nnx.Linear(4, 4, rngs=nnx.Rngs(0)), use_scale=False))
+    message = r"'layers/0' is a weightnorm NNX WeightNorm with use_scale=False.*\['kernel'\]"
+    with pytest.raises(PortError, match=message):
+        convert(torch.nn.Linear(4, 4), src="torch", dst="nnx", like=scaleless)
+    with pytest.raises(PortError, match=message):
+        convert(scaleless, src="nnx", dst="torch", like=torch.nn.Linear(4, 4))
+
+
 def test_an_nnx_endpoint_must_be_a_module_or_a_state():
     with pytest.raises(TypeError, match=r"nnx\.Module or an nnx\.State, got dict"):
         convert({"kernel": np.zeros((2, 2))}, src="nnx", dst="torch", like=torch.nn.Linear(2, 2))

@@ -332,7 +332,9 @@ def convert(
     variable: a scale and direction are copied as they are when both sides
     normalize over the same axes; otherwise a source's `g * v / ||v||` is
     folded into the weight, and a destination's scale is set to the weight's
-    norm (`weightnorm.decompose`) so that outputs are unchanged.
+    norm (`weightnorm.decompose`) so that outputs are unchanged. NNX models
+    hold weight norm in `weightnorm.adapters.nnx.WeightNorm` wrappers, whose
+    feature axes and epsilon are read from each wrapper.
 
     Args:
       params: the source: Linen variables (or a params dict), Haiku params,
@@ -347,7 +349,8 @@ def convert(
         matched in full against source layer paths (`re.fullmatch`, with
         `\\1` references in the replacement). Layer paths are module paths:
         `"ups.0"` (torch), `"Dense_0"` (Linen, without the collection),
-        `"layers/0/layer"` (an Equinox WeightNorm's inner layer).
+        `"layers/0/layer"` (an Equinox WeightNorm's inner layer),
+        `"layers/0/layer_instance"` (an NNX WeightNorm's).
       kinds: optional `{regex: kind}` naming the kind of layers (source or
         destination, by path, matched in full) whose parameters fit several
         kinds: a custom-named Linen `kernel` of rank 3 is a Conv or a
@@ -370,8 +373,11 @@ def convert(
     Raises:
       PortError (a ValueError): listing every unmatched source or destination
         layer, leaf of no known layer kind, shape conflict, or layer whose kind
-        cannot be told; nothing is returned in part.
+        cannot be told; for `flax.nnx.WeightNorm` (it overwrites its layer's
+        kernel) and NNX wrappers with `use_scale=False`; nothing is returned
+        in part.
       TypeError: when `params` or `like` is not of the framework named.
+      ValueError: naming a direction that holds NaN or inf when it is folded.
 
     Examples:
       >>> import numpy as np

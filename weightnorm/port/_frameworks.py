@@ -211,6 +211,17 @@ def _nnx_wrappers(
             )
         if not isinstance(node, adapter.WeightNorm):
             continue
+        if not node.config.use_scale:
+            layer = adapter.flatten(nnx.state(node.layer_instance, nnx.Param))
+            selected = core.select(layer, node.config.variable_filter)
+            if selected:
+                raise PortError(
+                    f"{_where('/'.join(prefix))} is a weightnorm NNX WeightNorm with "
+                    f"use_scale=False: it computes v / ||v|| for {sorted(selected)}, and "
+                    "with no scale to hold a weight's norm no port can keep what it "
+                    "computes. Port into or from a wrapper with use_scale=True "
+                    "(`weightnorm.adapters.nnx.unfold(layer)` makes one from a plain layer)."
+                )
         for scale in node.scales:
             inner = scale.removesuffix(core.SCALE_SUFFIX)
             key = "/".join([*prefix, "scales", scale])
