@@ -159,3 +159,10 @@ def test_an_equinox_batch_norm_is_not_taken_for_a_layer_norm():
             dst="linen",
             like={"params": {"LayerNorm_0": {"scale": np.zeros(4), "bias": np.zeros(4)}}},
         )
+
+
+def test_a_non_finite_direction_is_refused_when_folded_naming_it():
+    state = _torch_mlp()
+    state["fc2.weight_v"][1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"'fc2\.weight_v' holds NaN or inf"):
+        convert(state, src="torch", dst="linen", like=_linen_mlp())

@@ -15,15 +15,10 @@ from weightnorm.testing import STACK_FRAMEWORKS, build, inputs, layer_stacks
 TOLERANCE = 2e-5  # float32 outputs of small stacks; rounding only
 
 
-def _frameworks(stack):
-    # NNX stacks are plain: our NNX WeightNorm wrapper is another module's work.
-    return [f for f in STACK_FRAMEWORKS if f != "nnx" or not stack.weight_norm]
-
-
 @st.composite
 def ports(draw, **stack_options):
     stack = draw(layer_stacks(**stack_options))
-    src, dst = draw(st.permutations(_frameworks(stack)))[:2]
+    src, dst = draw(st.permutations(STACK_FRAMEWORKS))[:2]
     return stack, src, dst
 
 
@@ -64,8 +59,8 @@ def test_weight_norm_folds_into_and_decomposes_out_of_plain_layers(stack, data):
             for layer, flag in zip(stack.layers, flags, strict=True)
         ),
     )
-    src = data.draw(st.sampled_from(["linen", "haiku", "equinox", "torch"]))
-    dst = data.draw(st.sampled_from(_frameworks(other)))
+    src = data.draw(st.sampled_from(STACK_FRAMEWORKS))
+    dst = data.draw(st.sampled_from(STACK_FRAMEWORKS))
     x = inputs(stack)
     source, apply_src = build(stack, src, seed=1)
     like, apply_dst = build(other, dst, seed=2)

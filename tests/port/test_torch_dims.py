@@ -11,7 +11,7 @@ import torch
 
 from weightnorm.adapters import equinox as we
 from weightnorm.adapters import linen as wl
-from weightnorm.port import PortError, convert
+from weightnorm.port import PortError, convert, format_report
 
 
 def _random(module):
@@ -63,8 +63,20 @@ def test_wav2vec2_positional_conv_normalized_per_kernel_tap():
 
 def test_grouped_transposed_convolutions_are_refused():
     conv = torch.nn.ConvTranspose1d(4, 4, 3, groups=2)
-    with pytest.raises(PortError, match=r"'' is a grouped transposed convolution \(groups=2\)"):
+    message = r"^The top-level module is a grouped transposed convolution \(groups=2\)"
+    with pytest.raises(PortError, match=message):
         convert(conv, src="torch", dst="linen", like={})
+    nested = torch.nn.Sequential(torch.nn.Linear(2, 4), conv)
+    with pytest.raises(PortError, match=r"^'1' is a grouped transposed convolution"):
+        convert(nested, src="torch", dst="linen", like={})
+
+
+def test_a_top_level_module_is_named_in_the_report():
+    linear = torch.nn.Linear(3, 2)
+    like = {"params": {"Dense_0": {"kernel": np.zeros((3, 2), np.float32), "bias": np.zeros(2)}}}
+    _, pairing = convert(linear, src="torch", dst="linen", like=like, report=True)
+    assert pairing[0].src == ""  # the path itself, as mapping rules match it
+    assert format_report(pairing).splitlines()[1].startswith("(top level)  Dense_0 ")
 
 
 def test_non_default_linen_feature_axes_need_to_be_named():

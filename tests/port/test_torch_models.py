@@ -1,4 +1,4 @@
-"""Real PyTorch models with weight norm (both APIs) ported to Linen, Haiku and Equinox."""
+"""Real PyTorch models with weight norm (both APIs) ported to Linen, Haiku, Equinox and NNX."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from weightnorm.adapters import equinox as we
 from weightnorm.adapters import haiku as wh
 from weightnorm.adapters import linen as wl
+from weightnorm.adapters import nnx as wn
 from weightnorm.port import convert
 
 TOLERANCE = 2e-5
@@ -180,6 +182,46 @@ class EquinoxGenerator(eqx.Module):
         return jnp.tanh(self.conv_post(_lrelu(x)))
 
 
+class NNXGenerator(nnx.Module):
+    """The convolutions in one list in torch's order: NNX's graph order sorts attribute names."""
+
+    def __init__(self, rngs):
+        pad = lambda d: [(d * (KERNEL - 1) // 2,) * 2]  # noqa: E731
+
+        def conv(c_in, c_out, size, padding, dilation=1):
+            layer = nnx.Conv(
+                c_in, c_out, (size,), padding=padding, kernel_dilation=(dilation,), rngs=rngs
+            )
+            return wn.WeightNorm(layer)
+
+        self.convs = nnx.List(
+            [
+                conv(MELS, CHANNELS, 7, [(3, 3)]),
+                *[conv(UPSAMPLED, UPSAMPLED, KERNEL, pad(d), d) for d in DILATIONS],
+                *[conv(UPSAMPLED, UPSAMPLED, KERNEL, pad(1)) for _ in DILATIONS],
+                conv(UPSAMPLED, 1, 7, [(3, 3)]),
+            ]
+        )
+        # feature_axes=-2: the input channel of (k, in, out), as torch's dim=0.
+        self.up = wn.WeightNorm(
+            nnx.ConvTranspose(CHANNELS, UPSAMPLED, (UP_KERNEL,), (2,), padding=[(2, 2)], rngs=rngs),
+            feature_axes=-2,
+        )
+
+    def __call__(self, x):  # (batch, length, mels)
+        pre, *middle, post = self.convs
+        convs1, convs2 = middle[: len(DILATIONS)], middle[len(DILATIONS) :]
+        x = self.up(_lrelu(pre(x), 0.1))
+        for c1, c2 in zip(convs1, convs2, strict=True):
+            x = x + c2(_lrelu(c1(_lrelu(x, 0.1)), 0.1))
+        return jnp.tanh(post(_lrelu(x)))
+
+
+def _assert_same_state(model, like):
+    for key, value in like.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
 def _torch_output(model, x):
     with torch.no_grad():
         return model(torch.as_tensor(np.moveaxis(x, -1, 1))).numpy()
@@ -208,6 +250,33 @@ def test_hifigan_block_ports_to_linen_haiku_and_equinox(api):
     outputs = jax.vmap(ported)(jnp.moveaxis(x, -1, 1))
     np.testing.assert_allclose(np.moveaxis(outputs, 1, -1), expected, atol=TOLERANCE, rtol=0)
     assert "weight norm refolded" in pairings[1].transform
+
+
+@pytest.mark.parametrize("api", ["weight_norm", "parametrizations"])
+def test_hifigan_block_ports_to_nnx_wrappers_and_back_exactly(api):
+    x = np.random.default_rng(0).standard_normal((2, 9, MELS)).astype(np.float32)
+    source = _randomize(TorchGenerator(api))
+    expected = np.moveaxis(_torch_output(source, x), 1, -1)
+
+    like = NNXGenerator(nnx.Rngs(1))
+    ported, pairings = convert(source, src="torch", dst="nnx", like=like, report=True)
+    np.testing.assert_allclose(ported(jnp.asarray(x)), expected, atol=TOLERANCE, rtol=0)
+    assert [p.dst for p in pairings][:2] == ["convs/0/layer_instance", "up/layer_instance"]
+    assert all("weight norm copied" in p.transform for p in pairings)
+    up = pairings[1].transform
+    assert "weight norm copied (feature axes (1,))" in up  # the wrapper's -2, read from it
+    # The direction itself, not only the outputs: torch's (in, out, k) as (k, in, out), flipped.
+    v = np.flip(_torch_direction(source.ups[0], api).transpose(2, 0, 1), 0)
+    np.testing.assert_array_equal(ported.up.layer_instance.kernel[...], v)
+
+    back = convert(ported, src="nnx", dst="torch", like=source)
+    _assert_same_state(back, source)
+
+
+def _torch_direction(module, api):
+    if api == "parametrizations":
+        return module.parametrizations.weight.original1.detach().numpy()
+    return module.weight_v.detach().numpy()
 
 
 # --- a Linear/Conv2d classifier ---------------------------------------------------------

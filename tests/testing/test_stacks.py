@@ -64,6 +64,25 @@ def test_bad_specs_and_frameworks_are_refused():
         LayerSpec("dense", 2, groups=2)
     with pytest.raises(ValueError, match="`framework` must be one of"):
         build(STACK, "keras")
-    weight_normed = LayerStack(1, 3, 1, (LayerSpec("dense", 1, weight_norm=True),))
-    with pytest.raises(ValueError, match=r"weightnorm\.adapters\.nnx"):
-        build(weight_normed, "nnx")
+
+
+def test_nnx_stacks_wrap_weight_normed_layers_in_our_wrapper():
+    from flax import nnx
+
+    from weightnorm.adapters.nnx import WeightNorm
+
+    stack = LayerStack(
+        2, 5, 1, (LayerSpec("conv", 3, kernel_size=3, weight_norm=True), LayerSpec("dense", 2))
+    )
+    model, apply = build(stack, "nnx", seed=1)
+    wrapped, plain = model.layers
+    assert isinstance(wrapped, WeightNorm) and isinstance(wrapped.layer_instance, nnx.Conv)
+    assert isinstance(plain, nnx.Linear)
+    scale = np.asarray(wrapped.scales["kernel/scale"][...])
+    assert scale.shape == (3,) and (scale >= 0.5).all()  # random, positive
+    # The wrapper normalizes: its outputs are a plain stack's whose kernel is g v / ||v||.
+    v = np.asarray(wrapped.layer_instance.kernel[...], np.float64)
+    plain_stack = nnx.Sequential(nnx.clone(wrapped.layer_instance), nnx.clone(plain))
+    plain_stack.layers[0].kernel[...] = v * scale / np.sqrt((v * v).sum(axis=(0, 1)))
+    x = inputs(stack)
+    np.testing.assert_allclose(apply(model, x), apply(plain_stack, x), atol=1e-5, rtol=0)

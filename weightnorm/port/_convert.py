@@ -55,13 +55,16 @@ class Pairing:
 def format_report(pairings: Sequence[Pairing]) -> str:
     """The pairing as an aligned text table, one layer a line.
 
+    A layer that is the whole model (a bare `torch.nn.Linear`, whose path is
+    `""`) is shown as `(top level)`.
+
     Examples:
-      >>> print(format_report([Pairing("fc", "Dense_0", "dense", "weight: O I -> I O")]))
-      source  destination  kind   transform
-      fc      Dense_0      dense  weight: O I -> I O
+      >>> print(format_report([Pairing("", "Dense_0", "dense", "weight: O I -> I O")]))
+      source       destination  kind   transform
+      (top level)  Dense_0      dense  weight: O I -> I O
     """
     rows = [("source", "destination", "kind", "transform")]
-    rows += [(p.src, p.dst, p.kind, p.transform) for p in pairings]
+    rows += [(_shown(p.src), _shown(p.dst), p.kind, p.transform) for p in pairings]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
@@ -69,6 +72,10 @@ def format_report(pairings: Sequence[Pairing]) -> str:
         + row[3]
         for row in rows
     )
+
+
+def _shown(path: str) -> str:
+    return path or "(top level)"
 
 
 def _layers(model: Model) -> tuple[list[Layer], list[str]]:
@@ -199,19 +206,35 @@ def _framework(layer: Layer, role: str, value: Any) -> np.ndarray:
     return to_layout(np.asarray(value), layer.canonical(role), layer.layout(role), layer.spatial)
 
 
-def _normalized(v: np.ndarray, g: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    config = core.WeightNormConfig(epsilon=epsilon, feature_axes=axes or None, variable_filter=None)
-    scale = np.reshape(g, [v.shape[a] for a in axes])
-    return np.asarray(core.normalize({"w": jnp.asarray(v)}, {"w/scale": scale}, config)["w"])
-
-
-def _norm(w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    config = core.WeightNormConfig(
-        epsilon=epsilon, feature_axes=axes or None, variable_filter=None, param_dtype=w.dtype
+def _config(
+    axes: tuple[int, ...], epsilon: float, dtype: Any = jnp.float32
+) -> core.WeightNormConfig:
+    return core.WeightNormConfig(
+        epsilon=epsilon, feature_axes=axes or None, variable_filter=None, param_dtype=dtype
     )
-    g = np.asarray(core.decompose({"w": jnp.asarray(w)}, config)["w/scale"])
+
+
+def _normalized(
+    key: str, v: np.ndarray, g: np.ndarray, axes: tuple[int, ...], epsilon: float
+) -> np.ndarray:
+    """`g * v / ||v||` over all but `axes` (`weightnorm.fold`); `key` names `v` in errors."""
+    scale = np.reshape(g, [v.shape[a] for a in axes])
+    folded = core.fold(
+        {key: jnp.asarray(v)}, {key + core.SCALE_SUFFIX: scale}, _config(axes, epsilon)
+    )
+    return np.asarray(folded[key])
+
+
+def _norm(key: str, w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
+    """The scale whose fold gives `w` (`weightnorm.unfold`), size 1 at the reduced axes."""
+    _, scales = core.unfold({key: jnp.asarray(w)}, _config(axes, epsilon, w.dtype))
     shape = [w.shape[a] if a in axes else 1 for a in range(w.ndim)]
-    return g.reshape(shape)
+    return np.asarray(scales[key + core.SCALE_SUFFIX]).reshape(shape)
+
+
+def _epsilon(model: Model, scale_key: str) -> float:
+    """The epsilon of the wrapper holding `scale_key`: its own where known, else the default."""
+    return model.scale_epsilon.get(scale_key, _EPSILON[model.framework])
 
 
 def _port_layer(
@@ -259,14 +282,14 @@ def _port_layer(
         if g is not None and axes_dst is not None and axes_src == axes_dst:
             note += f", weight norm copied (feature axes {dst_axes})"
         elif g is not None:
-            v = _normalized(v, g, axes_src, _EPSILON[src.framework])
+            v = _normalized(p_src.key, v, g, axes_src, _epsilon(source, p_src.scale_key))
             g = None
             note += ", weight norm folded" if axes_dst is None else ", weight norm refolded"
             note += "" if axes_dst is None else f" (feature axes {dst_axes})"
         elif axes_dst is not None:
             note += f", weight norm decomposed (feature axes {dst_axes})"
         if axes_dst is not None and g is None:
-            g = _norm(v, axes_dst, _EPSILON[dst.framework])
+            g = _norm(p_src.key, v, axes_dst, _epsilon(target, p_dst.scale_key))
         out[p_dst.key] = _framework(dst, role, v)
         if p_dst.scale_key is not None:
             g_dst = _framework(dst, role, g)
@@ -309,7 +332,9 @@ def convert(
     variable: a scale and direction are copied as they are when both sides
     normalize over the same axes; otherwise a source's `g * v / ||v||` is
     folded into the weight, and a destination's scale is set to the weight's
-    norm (`weightnorm.decompose`) so that outputs are unchanged.
+    norm (`weightnorm.decompose`) so that outputs are unchanged. NNX models
+    hold weight norm in `weightnorm.adapters.nnx.WeightNorm` wrappers, whose
+    feature axes and epsilon are read from each wrapper.
 
     Args:
       params: the source: Linen variables (or a params dict), Haiku params,
@@ -324,7 +349,8 @@ def convert(
         matched in full against source layer paths (`re.fullmatch`, with
         `\\1` references in the replacement). Layer paths are module paths:
         `"ups.0"` (torch), `"Dense_0"` (Linen, without the collection),
-        `"layers/0/layer"` (an Equinox WeightNorm's inner layer).
+        `"layers/0/layer"` (an Equinox WeightNorm's inner layer),
+        `"layers/0/layer_instance"` (an NNX WeightNorm's).
       kinds: optional `{regex: kind}` naming the kind of layers (source or
         destination, by path, matched in full) whose parameters fit several
         kinds: a custom-named Linen `kernel` of rank 3 is a Conv or a
@@ -347,8 +373,11 @@ def convert(
     Raises:
       PortError (a ValueError): listing every unmatched source or destination
         layer, leaf of no known layer kind, shape conflict, or layer whose kind
-        cannot be told; nothing is returned in part.
+        cannot be told; for `flax.nnx.WeightNorm` (it overwrites its layer's
+        kernel) and NNX wrappers with `use_scale=False`; nothing is returned
+        in part.
       TypeError: when `params` or `like` is not of the framework named.
+      ValueError: naming a direction that holds NaN or inf when it is folded.
 
     Examples:
       >>> import numpy as np

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import core
+from ..core._config import resolve_feature_axes
 from ..core._layouts import FRAMEWORKS
 from ._layers import PortError
 
@@ -33,6 +34,8 @@ class Model:
     natural_order: bool
     rebuild: Callable[[dict[str, Any]], Any]
     scale_axes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    #: scale key -> the epsilon of the wrapper holding it, where the model records it.
+    scale_epsilon: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def import_torch() -> Any:
@@ -62,7 +65,8 @@ def _attach_scales(flat: Mapping[str, Any]) -> dict[str, str]:
     A scale `X/scale` belongs to the variable `X` (Linen at top level), to `X`
     less one segment (Linen: `WeightNorm_0/Dense_0/kernel` scales
     `Dense_0/kernel`), to a suffix of `X` (Haiku: `weight_norm/linear/w`) or to
-    `X` with its `scales` segment read as `layer` (Equinox).
+    `X` with its `scales` segment read as `layer` (Equinox) or `layer_instance`
+    (an NNX state: `0/scales/kernel/scale` scales `0/layer_instance/kernel`).
     """
     found = {}
     for key in flat:
@@ -75,8 +79,9 @@ def _attach_scales(flat: Mapping[str, Any]) -> dict[str, str]:
         }
         candidates |= {"/".join(parts[i:]) for i in range(1, len(parts))}
         candidates |= {
-            "/".join([*parts[:i], "layer", *parts[i + 1 :]])
+            "/".join([*parts[:i], layer, *parts[i + 1 :]])
             for i, part in enumerate(parts)
+            for layer in ("layer", "layer_instance")
             if part == "scales"
         }
         matches = sorted(candidates & (set(flat) - {key}))
@@ -88,6 +93,11 @@ def _attach_scales(flat: Mapping[str, Any]) -> dict[str, str]:
         if matches:
             found[key] = matches[0]
     return found
+
+
+def _where(path: str) -> str:
+    """A module path for messages; the model itself has the empty path."""
+    return repr(path) if path else "The top-level module"
 
 
 def _numpy(value: Any) -> Any:
@@ -155,7 +165,7 @@ def _read_equinox(module: Any) -> Model:
                 hints[name] = kind
                 if kind == "conv_transpose" and node.groups != 1:
                     raise PortError(
-                        f"{name!r} is a grouped transposed convolution (groups="
+                        f"{_where(name)} is a grouped transposed convolution (groups="
                         f"{node.groups}); only groups=1 can be ported."
                     )
                 break
@@ -169,6 +179,61 @@ def _read_equinox(module: Any) -> Model:
         False,
         lambda new: adapter.unflatten(new, like=module),
     )
+
+
+def _nnx_wrappers(
+    module: Any, flat: Mapping[str, Any]
+) -> tuple[dict[str, str], dict[str, tuple[int, ...]], dict[str, float]]:
+    """Scales, feature axes and epsilons of the weightnorm NNX wrappers in `module`.
+
+    Read from each wrapper itself: its scale `P/scales/X/scale` belongs to
+    `P/layer_instance/X`, over the axes and with the epsilon of its config.
+    flax's own `nnx.WeightNorm` is refused: it writes the normalized weight
+    into its layer's kernel at every call, so the kernel it holds is not the
+    direction its scale goes with.
+    """
+    from flax import nnx
+
+    from ..adapters import nnx as adapter
+
+    scale_of: dict[str, str] = {}
+    axes: dict[str, tuple[int, ...]] = {}
+    epsilons: dict[str, float] = {}
+    for path, node in nnx.iter_graph(module):
+        prefix = [str(part) for part in path]
+        if isinstance(node, getattr(nnx, "WeightNorm", ())):
+            raise PortError(
+                f"{'/'.join(prefix) or 'The model'!r} is a flax.nnx.WeightNorm, which "
+                "cannot be ported: it overwrites its layer's kernel with the normalized "
+                "weight at every call, so its kernel and scale no longer say what the "
+                "layer computes. Wrap the layer in weightnorm.adapters.nnx.WeightNorm "
+                "instead: same arguments and outputs, and its layer keeps the direction."
+            )
+        if not isinstance(node, adapter.WeightNorm):
+            continue
+        if not node.config.use_scale:
+            layer = adapter.flatten(nnx.state(node.layer_instance, nnx.Param))
+            selected = core.select(layer, node.config.variable_filter)
+            if selected:
+                raise PortError(
+                    f"{_where('/'.join(prefix))} is a weightnorm NNX WeightNorm with "
+                    f"use_scale=False: it computes v / ||v|| for {sorted(selected)}, and "
+                    "with no scale to hold a weight's norm no port can keep what it "
+                    "computes. Port into or from a wrapper with use_scale=True "
+                    "(`weightnorm.adapters.nnx.unfold(layer)` makes one from a plain layer)."
+                )
+        for scale in node.scales:
+            inner = scale.removesuffix(core.SCALE_SUFFIX)
+            key = "/".join([*prefix, "scales", scale])
+            variable = "/".join([*prefix, "layer_instance", inner])
+            if key not in flat or variable not in flat:
+                continue  # not among the ported variables
+            scale_of[key] = variable
+            axes[key] = resolve_feature_axes(
+                variable, tuple(flat[variable].shape), node.config.feature_axes
+            )
+            epsilons[key] = float(node.config.epsilon)
+    return scale_of, axes, epsilons
 
 
 def _read_nnx(obj: Any) -> Model:
@@ -195,20 +260,30 @@ def _read_nnx(obj: Any) -> Model:
         def rebuild_state(new_state: Any) -> Any:
             return nnx.merge(graphdef, new_state, rest)
 
-    else:
+    elif isinstance(obj, nnx.State):
         state = obj
 
         def rebuild_state(new_state: Any) -> Any:
             return new_state
 
+    else:
+        raise TypeError(
+            f"An NNX source or `like` must be an nnx.Module or an nnx.State, got "
+            f"{type(obj).__name__}."
+        )
+
     variables = list(nnx.to_flat_state(state))
     flat = {"/".join(map(str, path)): var.get_value() for path, var in variables}
+    if isinstance(obj, nnx.Module):
+        scale_of, axes, epsilons = _nnx_wrappers(obj, flat)
+    else:  # a bare state says neither axes nor epsilons: the defaults are assumed
+        scale_of, axes, epsilons = _attach_scales(flat), {}, {}
 
     def rebuild(new: dict[str, Any]) -> Any:
         pairs = [(path, var.replace(new["/".join(map(str, path))])) for path, var in variables]
         return rebuild_state(nnx.from_flat_state(pairs))
 
-    return Model("nnx", flat, slash_split(False), hints, {}, False, rebuild)
+    return Model("nnx", flat, slash_split(False), hints, scale_of, False, rebuild, axes, epsilons)
 
 
 _WN_NEW = re.compile(r"^(?:(.*)\.)?parametrizations\.(\w+)\.original([01])$")
@@ -264,7 +339,7 @@ def _read_torch(obj: Any) -> Model:
             kind = next((k for cls, k in kinds if isinstance(module, cls)), None)
             if kind == "conv_transpose" and module.groups != 1:
                 raise PortError(
-                    f"{name!r} is a grouped transposed convolution (groups="
+                    f"{_where(name)} is a grouped transposed convolution (groups="
                     f"{module.groups}); only groups=1 can be ported."
                 )
             if kind is not None:

@@ -360,11 +360,8 @@ def _nnx(stack: LayerStack) -> tuple[Any, Callable]:
     import jax.numpy as jnp
     from flax import nnx
 
-    if stack.weight_norm:
-        raise ValueError(
-            "NNX stacks are built without weight norm here; the NNX WeightNorm "
-            "wrapper lives in weightnorm.adapters.nnx."
-        )
+    from ..adapters import nnx as wn
+
     rngs = nnx.Rngs(0)
     layers = []
     for spec, c_in in zip(stack.layers, stack.channels(), strict=False):
@@ -395,7 +392,7 @@ def _nnx(stack: LayerStack) -> tuple[Any, Callable]:
                 use_bias=spec.use_bias,
                 rngs=rngs,
             )
-        layers.append(layer)
+        layers.append(wn.WeightNorm(layer) if spec.weight_norm else layer)
     model = nnx.Sequential(*layers)
 
     def apply(model: Any, x: Any) -> np.ndarray:
@@ -478,7 +475,7 @@ def build(stack: LayerStack, framework: str, seed: int = 0) -> tuple[Any, Callab
       inputs to channels-last numpy outputs.
 
     Raises:
-      ValueError: for an unknown framework, or weight norm in an NNX stack.
+      ValueError: for an unknown framework.
 
     Examples:
       >>> stack = LayerStack(2, 5, 1, (LayerSpec("conv", 3, kernel_size=3, weight_norm=True),))
