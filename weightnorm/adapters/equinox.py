@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import data_init_in_order
+from ..core._init import CallRecorder, data_init_in_order
 from ..core._tree import path_key
 
 __all__ = [
@@ -377,18 +377,6 @@ def _where(key_path: tuple[Any, ...]) -> Callable[[Any], Any]:
     return where
 
 
-class _Recorder:
-    """Calls a layer and records its output under a name."""
-
-    def __init__(self, layer: Any, name: str, calls: list[tuple[str, Any]]) -> None:
-        self.layer, self.name, self.calls = layer, name, calls
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.layer(*args, **kwargs)
-        self.calls.append((self.name, out))
-        return out
-
-
 def _wrapped_layers(model: Any) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
     """`{layer path: (wrapper path, scale path, key path of the layer in the wrapper)}`."""
     found = {}
@@ -463,9 +451,9 @@ def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any
                     if wrapper_path != wrappers.get(id(wrapper)):
                         continue
                     if not key_path:
-                        layer = _Recorder(layer, name, calls)
+                        layer = CallRecorder(layer, name, calls)
                     else:
-                        replace = lambda node, name=name: _Recorder(node, name, calls)  # noqa: E731
+                        replace = lambda node, name=name: CallRecorder(node, name, calls)  # noqa: E731
                         layer = eqx.tree_at(_where(key_path), layer, replace_fn=replace)
                 return layer
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import check_finite, data_init_in_order
+from ..core._init import CallRecorder, check_finite, data_init_in_order
 from ..core._warnings import warn_if_nothing_selected
 
 __all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
@@ -519,18 +519,6 @@ def unfold(layer: nnx.Module, **kwargs: Any) -> WeightNorm:
     return WeightNorm(layer, scale_init="norm", **kwargs)
 
 
-class _Recorder:
-    """Calls a layer and records its output under a name."""
-
-    def __init__(self, layer: Any, name: str, calls: list[tuple[str, Any]]) -> None:
-        self.layer, self.name, self.calls = layer, name, calls
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.layer(*args, **kwargs)
-        self.calls.append((self.name, out))
-        return out
-
-
 def _wrapped_layers(model: nnx.Module) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
     """`{layer path: (wrapper path, scale path, graph path of the layer in the wrapper)}`.
 
@@ -621,11 +609,11 @@ def data_dependent_init(
                 if wrapper_path != paths.get(id(wrapper)):
                     continue
                 if not layer_path:
-                    layer = _Recorder(layer, name, calls)
+                    layer = CallRecorder(layer, name, calls)
                 else:  # `layer` is a fresh copy: replacing its submodule changes nothing else
                     parent = _at(layer, layer_path[:-1])
                     submodule = _child(parent, layer_path[-1])
-                    _set_child(parent, layer_path[-1], _Recorder(submodule, name, calls))
+                    _set_child(parent, layer_path[-1], CallRecorder(submodule, name, calls))
             return layer
 
         _CALL_HOOKS.append(hook)

@@ -14,7 +14,13 @@ from ._config import WeightNormConfig
 from ._normalize import decompose, scale_shapes
 from ._warnings import warn_if_nothing_selected
 
-__all__ = ["init_scales", "data_dependent_scale_bias", "check_finite", "data_init_in_order"]
+__all__ = [
+    "CallRecorder",
+    "init_scales",
+    "data_dependent_scale_bias",
+    "check_finite",
+    "data_init_in_order",
+]
 
 
 def check_finite(flat: Mapping[str, Any], paths: Any, what: str) -> None:
@@ -198,3 +204,20 @@ def data_init_in_order(
                 )
             flat[bias_path] = bias.astype(old_bias.dtype)
     return flat
+
+
+class CallRecorder:
+    """Calls a layer and appends `(name, output)` to `calls`.
+
+    The Equinox and NNX `data_dependent_init`s put one in place of each wrapped
+    layer of a per-call copy of the model, to collect its pre-activations in
+    call order.
+    """
+
+    def __init__(self, layer: Any, name: str, calls: list[tuple[str, Any]]) -> None:
+        self.layer, self.name, self.calls = layer, name, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.layer(*args, **kwargs)
+        self.calls.append((self.name, out))
+        return out
