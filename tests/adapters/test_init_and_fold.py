@@ -360,3 +360,22 @@ def test_filters_matching_nothing_warn_at_init_only():
         linen.apply(variables, X)
         haiku.apply(params, None, X)
         nnx_model(X)
+
+
+def test_data_dependent_init_refuses_a_layer_with_two_normalized_params():
+    # One scale per layer is what the paper's init sets; a second (here the bias's) would
+    # otherwise be left alone while the first is fitted, silently.
+    x = jnp.ones((8, 3))
+    message = "one scale per layer, but layer .* has two normalized params"
+
+    linen = wl.WeightNorm(nn.Dense(2), variable_filter=None)
+    with pytest.raises(ValueError, match=message):
+        wl.data_dependent_init(linen, linen.init(jax.random.key(0), x), x)
+
+    haiku = hk.transform(lambda x: wh.WeightNorm(hk.Linear(2), variable_filter=None)(x))
+    with pytest.raises(ValueError, match=message):
+        wh.data_dependent_init(haiku.apply, haiku.init(jax.random.key(0), x), None, x)
+
+    equinox = we.WeightNorm(eqx.nn.Linear(3, 2, key=jax.random.key(0)), variable_filter=None)
+    with pytest.raises(ValueError, match=message):
+        we.data_dependent_init(equinox, x)

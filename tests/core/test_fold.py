@@ -69,3 +69,9 @@ def test_fold_and_unfold_refuse_nan_and_missing_scales():
     with pytest.raises(ValueError, match="use_scale=True"):
         unfold({"Dense_0/kernel": jnp.ones((2, 1))}, config.replace(use_scale=False))
     assert weightnorm.fold is fold  # the package re-exports the core
+
+
+def test_fold_refuses_nan_directions_without_scales_too():
+    flat = {"kernel": jnp.array([[np.nan], [1.0]])}
+    with pytest.raises(ValueError, match="'kernel' holds NaN or inf"):
+        fold(flat, None, WeightNormConfig(use_scale=False))

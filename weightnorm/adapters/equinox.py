@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import CallRecorder, data_init_in_order
+from ..core._init import CallRecorder, data_init_in_order, two_scales_error
 from ..core._tree import path_key
 
 __all__ = [
@@ -391,6 +391,8 @@ def _wrapped_layers(model: Any) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
             layer = "/".join(part for part in (wrapper, "layer", weight) if part)
             layer = layer.rsplit("/", 1)[0]
             scale_path = "/".join(part for part in (wrapper, "scales", scale) if part)
+            if layer in found:
+                raise two_scales_error(layer, found[layer][1], scale_path)
             found[layer] = (wrapper, scale_path, keys[weight][:-1])
     return found
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import data_init_in_order
+from ..core._init import data_init_in_order, one_scale_per_layer
 from ..core._warnings import warn_if_nothing_selected
 
 __all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
@@ -378,7 +378,9 @@ def data_dependent_init(
     if not entries:
         raise ValueError("The params hold no weightnorm `WeightNorm` scales to initialize.")
     flat = flatten(params)
-    owners = {weight.rsplit("/", 1)[0]: f"{b}/{n}" for (b, n), weight in entries.items()}
+    owners = one_scale_per_layer(
+        (weight.rsplit("/", 1)[0], f"{b}/{n}") for (b, n), weight in entries.items()
+    )
 
     def run(flat_params: Mapping[str, Any], wanted: Any) -> list[tuple[str, Any]]:
         outputs: list[tuple[str, Any]] = []

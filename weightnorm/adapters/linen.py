@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import data_init_in_order
+from ..core._init import data_init_in_order, one_scale_per_layer
 from ..core._warnings import warn_if_nothing_selected
 
 __all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
@@ -457,7 +457,9 @@ def data_dependent_init(
         raise ValueError(
             f"{type(model).__name__} has no weightnorm `WeightNorm` scales to initialize."
         )
-    owners = {weight.rsplit("/", 1)[0]: scale for scale, weight in weights.items()}
+    owners = one_scale_per_layer(
+        (weight.rsplit("/", 1)[0], scale) for scale, weight in weights.items()
+    )
 
     def run(flat_params: Mapping[str, Any], wanted: Any) -> list[tuple[str, Any]]:
         outputs: list[tuple[str, Any]] = []

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import CallRecorder, check_finite, data_init_in_order
+from ..core._init import CallRecorder, check_finite, data_init_in_order, two_scales_error
 from ..core._warnings import warn_if_nothing_selected
 
 __all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
@@ -532,14 +532,9 @@ def _wrapped_layers(model: nnx.Module) -> dict[str, tuple[str, str, tuple[Any, .
         for scale in wrapper.scales:
             weight_path = params[scale.removesuffix(core.SCALE_SUFFIX)][0]
             layer = "/".join(map(str, (*path, "layer_instance", *weight_path[:-1])))
-            if layer in found:
-                raise ValueError(
-                    f"Data-dependent init sets one scale per layer, but layer {layer!r} has "
-                    f"two normalized params ({found[layer][1]!r} and "
-                    f"{'/'.join(filter(None, (prefix, 'scales', scale)))!r}). Select only its "
-                    "weight (the default `variable_filter`)."
-                )
             scale_path = "/".join(filter(None, (prefix, "scales", scale)))
+            if layer in found:
+                raise two_scales_error(layer, found[layer][1], scale_path)
             found[layer] = (prefix, scale_path, weight_path[:-1])
     return found
 

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 
 from ._config import WeightNormConfig
+from ._filters import select
 from ._init import check_finite
 from ._normalize import decompose, normalize, scale_shapes
 from ._warnings import warn_if_nothing_selected
@@ -44,8 +45,10 @@ def fold(
       >>> fold(flat, {"kernel/scale": jnp.array([10.0])}, WeightNormConfig())["kernel"].ravel()
       Array([6., 8.], dtype=float32)
     """
-    paths = [name.rsplit("/", 1)[0] for name in scale_shapes(flat, config)]
-    check_finite(flat, paths, "the folded weight")
+    scale_shapes(flat, config)  # checks `flat` and `config` first, naming the problem
+    # Every selected direction, with or without a scale (`scale_shapes` is empty for
+    # use_scale=False, so it cannot list them).
+    check_finite(flat, select(flat, config.variable_filter), "the folded weight")
     return normalize(flat, scales, config)
 
 

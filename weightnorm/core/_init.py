@@ -16,6 +16,8 @@ from ._warnings import warn_if_nothing_selected
 
 __all__ = [
     "CallRecorder",
+    "one_scale_per_layer",
+    "two_scales_error",
     "init_scales",
     "data_dependent_scale_bias",
     "check_finite",
@@ -221,3 +223,27 @@ class CallRecorder:
         out = self.layer(*args, **kwargs)
         self.calls.append((self.name, out))
         return out
+
+
+def two_scales_error(layer: str, first: str, second: str) -> ValueError:
+    """The error for a layer with two normalized params, which data-dependent init refuses."""
+    return ValueError(
+        f"Data-dependent init sets one scale per layer, but layer {layer!r} has two "
+        f"normalized params ({first!r} and {second!r}). Select only its weight (the "
+        "default `variable_filter`)."
+    )
+
+
+def one_scale_per_layer(pairs: Any) -> dict[str, str]:
+    """`{layer path: scale path}` from `(layer path, scale path)` pairs.
+
+    Raises:
+      ValueError: when a layer appears twice (two normalized params), rather
+        than keeping one of its scales and silently leaving the other alone.
+    """
+    owners: dict[str, str] = {}
+    for layer, scale in pairs:
+        if layer in owners:
+            raise two_scales_error(layer, owners[layer], scale)
+        owners[layer] = scale
+    return owners
