@@ -279,7 +279,15 @@ def _port_layer(
         if p_dst.scale_key is not None:
             dst_axes = feature_axes(dst, role, axes_src)
             axes_dst = canonical_axes(dst, role, dst_axes)
-        if g is not None and axes_dst is not None and axes_src == axes_dst:
+        # Copy g and v when both sides reduce over the same axes and neither records an
+        # epsilon the other lacks (torch's 0 against the JAX default 1e-12 copies, and
+        # agrees to rounding); two known, different epsilons refold instead.
+        same_epsilon = (
+            p_src.scale_key not in source.scale_epsilon
+            or p_dst.scale_key not in target.scale_epsilon
+            or source.scale_epsilon[p_src.scale_key] == target.scale_epsilon[p_dst.scale_key]
+        )
+        if g is not None and axes_dst is not None and axes_src == axes_dst and same_epsilon:
             note += f", weight norm copied (feature axes {dst_axes})"
         elif g is not None:
             v = _normalized(p_src.key, v, g, axes_src, _epsilon(source, p_src.scale_key))

@@ -170,6 +170,25 @@ def _read_equinox(module: Any) -> Model:
                     )
                 break
     flat = adapter.flatten(module)
+    # Each wrapper's own feature axes and epsilon, read from its config (not guessed
+    # from the scale's shape): its scale `P/scales/X/scale` goes with `P/layer/X`.
+    axes: dict[str, tuple[int, ...]] = {}
+    epsilons: dict[str, float] = {}
+    is_wrapper = lambda node: isinstance(node, adapter.WeightNorm)  # noqa: E731
+    for path, node in jax.tree_util.tree_flatten_with_path(module, is_leaf=is_wrapper)[0]:
+        if not is_wrapper(node):
+            continue
+        prefix = core._tree.path_key(path)
+        for scale in node.scales:
+            key = "/".join(filter(None, (prefix, "scales", scale)))
+            variable = "/".join(
+                filter(None, (prefix, "layer", scale.removesuffix(core.SCALE_SUFFIX)))
+            )
+            if key in flat and variable in flat:
+                axes[key] = resolve_feature_axes(
+                    variable, tuple(flat[variable].shape), node.config.feature_axes
+                )
+                epsilons[key] = float(node.config.epsilon)
     return Model(
         "equinox",
         flat,
@@ -178,6 +197,8 @@ def _read_equinox(module: Any) -> Model:
         _attach_scales(flat),
         False,
         lambda new: adapter.unflatten(new, like=module),
+        axes,
+        epsilons,
     )
 
 
