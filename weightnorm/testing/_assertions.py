@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import SCALE_SUFFIX, WeightNormConfig, scale_shapes, select
+from ..core import SCALE_SUFFIX, WeightNormConfig, flatten, scale_shapes, select
 from ..core._config import resolve_feature_axes
-from ..core._tree import path_key
 
 __all__ = [
     "default_tolerance",
@@ -51,12 +49,10 @@ def default_tolerance(*dtypes: Any) -> float:
     return rtol
 
 
-def _name(key_path: tuple[Any, ...]) -> str:
-    return path_key(key_path) or "<root>"
-
-
 def _leaves(tree: Any) -> dict[str, Any]:
-    return {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    """`{path: leaf}`; `flatten` refuses two leaves whose paths collide, rather than
+    comparing only one of them."""
+    return {path or "<root>": leaf for path, leaf in flatten(tree).items()}
 
 
 def _same_structure(actual: Any, expected: Any, what: str) -> tuple[dict, dict]:
