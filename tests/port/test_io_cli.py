@@ -81,6 +81,8 @@ def test_cli_converts_a_torch_checkpoint_and_prints_the_pairing(tmp_path, capsys
     args = ["convert", str(tmp_path / "m.pt"), "--to", "linen", "-o", str(out)]
     assert _demo.main(args) == 2  # two 3-D weights: Conv1d or ConvTranspose1d?
     assert "--kind '0=conv_transpose'" in capsys.readouterr().err
+    assert _demo.main([*args, "--kind", "0=embed", "--kind", "2=conv"]) == 2  # does not fit
+    assert "`kinds` says '0' is a 'embed', but its parameters fit only" in capsys.readouterr().err
     assert _demo.main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
     printed = capsys.readouterr().out
     assert (

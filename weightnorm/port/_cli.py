@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core import SCALE_SUFFIX
 from ..core._layouts import KINDS, LAYOUTS, axis_names
-from ._convert import Pairing, convert_models, format_report
+from ._convert import Pairing, _apply_kinds, convert_models, format_report
 from ._frameworks import Model, read_model, slash_split
 from ._io import load_checkpoint, save_safetensors
 from ._layers import PortError, feature_axes, pairing_class, read_layers
@@ -66,10 +66,10 @@ def convert_checkpoint(
         natural_order=False,
     )
     problems = [f"leaves of no layer kind the table knows: {unknown}"] if unknown else []
+    # A --kind that names an unknown kind, or one the layer's parameters don't fit, is
+    # reported (as `convert` reports its `kinds=`), never silently ignored.
+    problems += _apply_kinds(layers, dict(kinds))
     for layer in layers:
-        for pattern, kind in kinds:
-            if re.fullmatch(pattern, layer.path) and kind in layer.kinds:
-                layer.kinds = (kind,)
         if len({pairing_class(kind) for kind in layer.kinds}) > 1:
             problems.append(
                 f"{layer.path!r} could be a {' or a '.join(layer.kinds)}; say which with "
