@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _normalize
 from ._config import WeightNormConfig
-from ._normalize import decompose, scale_shapes
+from ._normalize import SCALE_SUFFIX, decompose, scale_shapes
 from ._warnings import warn_if_nothing_selected
 
 __all__ = [
@@ -90,9 +89,43 @@ def init_scales(
     if config.scale_init == "ones":
         return {name: jnp.ones(shape, config.param_dtype) for name, shape in shapes.items()}
     if config.scale_init == "norm":
-        check_finite(flat, [name[: -len(_normalize.SCALE_SUFFIX)] for name in shapes], "its norm")
+        check_finite(flat, [name[: -len(SCALE_SUFFIX)] for name in shapes], "its norm")
         return decompose(flat, config)
-    return _normalize.init_scales(flat, config, key)
+    return _call_scale_init(shapes, config, key)
+
+
+def _call_scale_init(
+    shapes: Mapping[str, tuple[int, ...]], config: WeightNormConfig, key: jax.Array | None
+) -> dict[str, jax.Array]:
+    """A callable `scale_init`'s scales: one call per scale, each with its own key."""
+    keys = [None] * len(shapes) if key is None else list(jax.random.split(key, len(shapes)))
+    scales = {}
+    for (name, shape), scale_key in zip(shapes.items(), keys, strict=True):
+        try:
+            scale = config.scale_init(scale_key, shape, config.param_dtype)
+        except Exception as error:
+            if key is None and _needs_key(config, shape):
+                raise ValueError(
+                    f"`scale_init` needs a PRNG key to make {name!r}: pass "
+                    "`key=jax.random.key(...)`."
+                ) from error
+            raise
+        if tuple(jnp.shape(scale)) != shape:
+            raise ValueError(
+                f"`scale_init` returned shape {tuple(jnp.shape(scale))} for {name!r}, "
+                f"expected {shape}."
+            )
+        scales[name] = scale
+    return scales
+
+
+def _needs_key(config: WeightNormConfig, shape: tuple[int, ...]) -> bool:
+    """Whether `scale_init` works with a key where it failed without one."""
+    try:
+        config.scale_init(jax.random.key(0), shape, config.param_dtype)
+    except Exception:
+        return False
+    return True
 
 
 def data_dependent_scale_bias(

@@ -14,7 +14,7 @@ from ._filters import matches
 from ._primitive import squared_norm, weight_norm
 from ._tree import check_flat
 
-__all__ = ["scale_shapes", "init_scales", "normalize", "decompose", "SCALE_SUFFIX"]
+__all__ = ["scale_shapes", "normalize", "decompose", "SCALE_SUFFIX"]
 
 SCALE_SUFFIX = "/scale"
 """Scales are keyed by the variable's path plus this suffix, as in flax."""
@@ -126,69 +126,6 @@ def scale_shapes(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str,
     if not config.use_scale:
         return {}
     return {t.scale_key: t.scale_shape for t in targets}
-
-
-def init_scales(
-    flat: Mapping[str, Any], config: WeightNormConfig, key: jax.Array | None = None
-) -> dict[str, jax.Array]:
-    """New scales for every selected variable, made by `config.scale_init`.
-
-    Each scale gets its own key, split from `key` in `flat`'s order.
-
-    Args:
-      flat: a flat `{path: array}` dict.
-      config: the weight-norm settings (`scale_init`, `param_dtype`).
-      key: a PRNG key; may be None when `scale_init` needs no randomness
-        (the default `ones` does not).
-
-    Returns:
-      `{"<path>/scale": array}` shaped as `scale_shapes` says, in
-      `config.param_dtype`; empty when `use_scale=False`.
-
-    Raises:
-      ValueError: as `scale_shapes`; also when `scale_init` returns an array of
-        the wrong shape, or fails without a key.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> init_scales({"Dense_0/kernel": jnp.zeros((2, 3))}, WeightNormConfig())
-      {'Dense_0/kernel/scale': Array([1., 1., 1.], dtype=float32)}
-    """
-    if isinstance(getattr(config, "scale_init", None), str):  # "ones" or "norm"
-        from ._init import init_scales as init_named_scales
-
-        return init_named_scales(flat, config, key)
-    shapes = scale_shapes(flat, config)
-    if not shapes:
-        return {}
-    keys = [None] * len(shapes) if key is None else list(jax.random.split(key, len(shapes)))
-    scales = {}
-    for (name, shape), scale_key in zip(shapes.items(), keys, strict=True):
-        try:
-            scale = config.scale_init(scale_key, shape, config.param_dtype)
-        except Exception as error:
-            if key is None and _needs_key(config, shape):
-                raise ValueError(
-                    f"`scale_init` needs a PRNG key to make {name!r}: pass "
-                    "`key=jax.random.key(...)`."
-                ) from error
-            raise
-        if tuple(jnp.shape(scale)) != shape:
-            raise ValueError(
-                f"`scale_init` returned shape {tuple(jnp.shape(scale))} for {name!r}, "
-                f"expected {shape}."
-            )
-        scales[name] = scale
-    return scales
-
-
-def _needs_key(config: WeightNormConfig, shape: tuple[int, ...]) -> bool:
-    """Whether `scale_init` works with a key where it failed without one."""
-    try:
-        config.scale_init(jax.random.key(0), shape, config.param_dtype)
-    except Exception:
-        return False
-    return True
 
 
 def _check_scales(
