@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis.errors import InvalidArgument
 
-from ..core import WeightNormConfig, scale_shapes
+from ..core import WeightNormConfig, scale_shapes, select
 
 __all__ = [
     "float_dtypes",
@@ -202,8 +202,7 @@ def _configs(draw: Any, shapes: dict[str, tuple[int, ...]], use_scale: bool | No
     candidates = sorted(path for path, shape in shapes.items() if shape)
     chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, unique=True))
     # Exact paths as substrings can select more paths (flax's rule): look at all of them.
-    probe = WeightNormConfig(variable_filter=chosen, feature_axes=None)
-    selected = [path for path in shapes if any(item in path for item in probe.variable_filter)]
+    selected = select(shapes, chosen)
     ndim = min(len(shapes[path]) for path in selected)
     if ndim == 0:  # a scalar is selected too: only one norm per array fits it
         feature_axes: Any = None
