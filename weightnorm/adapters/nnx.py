@@ -240,9 +240,10 @@ class WeightNorm(nnx.Module):
         flat = {key: param.get_value() for key, (_, param) in variables.items()}
         scales = {key: scale.get_value() for key, scale in self.scales.items()}
         normalized = core.normalize(flat, scales, self.config)
-        selected = set(core.select(flat, self.config.variable_filter))
+        # `normalize` returns the variables it does not select as they are (the same
+        # objects), so a new object marks a normalized one: no second selection pass.
         params = nnx.from_flat_state(
-            (path, param.replace(normalized[key]) if key in selected else param)
+            (path, param if normalized[key] is flat[key] else param.replace(normalized[key]))
             for key, (path, param) in variables.items()
         )
         return nnx.merge(graphdef, params, rest, copy=False)
