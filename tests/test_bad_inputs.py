@@ -80,7 +80,7 @@ CASES = {
     ),
     "linen/ddi-vars": (lambda: wl.data_dependent_init(LINEN, [1], X), TypeError, "'params'"),
     "haiku/unfold": (lambda: wh.unfold([1]), TypeError, "Haiku params"),
-    "equinox/path-filter": (lambda: we.PathFilter(frozenset({1})), TypeError, "strings"),
+    "core/path-filter": (lambda: wn.PathFilter(frozenset({1})), TypeError, "strings"),
     "testing/model": (lambda: assert_same_function(1, abs, X), TypeError, "`model_a`"),
     "nnx/wrap": (lambda: wx.WeightNorm(abs), TypeError, r"must be an nnx\.Module"),
     "nnx/fold-state": (
@@ -148,7 +148,9 @@ CASES = {
         r"'Dense_0/kernel/scale' has shape \(2,\), expected \(3,\)",
     ),
     "init/callable-shape": (
-        lambda: wn.init_scales(K, C.replace(scale_init=lambda k, s, d: jnp.ones(1))),
+        lambda: wn.init_scales(
+            K, C.replace(scale_init=lambda k, s, d: jnp.ones(1)), jax.random.key(0)
+        ),
         ValueError,
         r"returned shape \(1,\)",
     ),

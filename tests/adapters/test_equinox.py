@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightnorm import core
-from weightnorm.adapters.equinox import PathFilter, WeightNorm, affine_weights, flatten, unflatten
+from weightnorm import PathFilter, core
+from weightnorm.adapters.equinox import WeightNorm, affine_weights, flatten, unflatten
 
 
 def key(seed):

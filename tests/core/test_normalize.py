@@ -210,7 +210,30 @@ def test_init_scales_rejects_wrong_shape_from_scale_init():
     with pytest.raises(
         ValueError, match=r"returned shape \(1,\) for 'a/kernel/scale', expected \(3,\)"
     ):
+        init_scales({"a/kernel": jnp.zeros((2, 3))}, config, jax.random.key(0))
+
+
+def test_whether_scale_init_gets_a_key_is_decided_once_never_by_retrying():
+    calls = []
+
+    def deterministic(key, shape, dtype):  # a callable that needs no key still gets one
+        calls.append(key)
+        return jnp.full(shape, 2.0, dtype)
+
+    config = WeightNormConfig(scale_init=deterministic)
+    with pytest.raises(ValueError, match=r"needs a PRNG key to make 'a/kernel/scale'"):
         init_scales({"a/kernel": jnp.zeros((2, 3))}, config)
+    assert calls == []  # refused before calling, not called and retried
+    drawn = []
+    init_scales(
+        {"a/kernel": jnp.zeros((2, 3))},
+        config,
+        lambda: drawn.append(1) or jax.random.key(0),  # a key source is drawn from once
+    )
+    assert len(calls) == 1 and calls[0] is not None and drawn == [1]
+    ones = WeightNormConfig(scale_init=jax.nn.initializers.ones)
+    never = lambda: pytest.fail("a keyless initializer drew a key")  # noqa: E731
+    assert init_scales({"a/kernel": jnp.zeros((2, 3))}, ones, never)["a/kernel/scale"].shape == (3,)
 
 
 @pytest.mark.parametrize(
@@ -275,10 +298,10 @@ def test_bad_input_raises_clear_errors(flat, scales, config, error, pattern):
         normalize(flat, scales, config)
 
 
-def test_init_scales_without_key_keeps_errors_unrelated_to_the_key():
+def test_init_scales_keeps_errors_unrelated_to_the_key():
     config = WeightNormConfig(scale_init=lambda key, shape, dtype: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        init_scales({"a/kernel": jnp.zeros((2, 3))}, config)
+    with pytest.raises(ZeroDivisionError):  # not masked as a missing key, nor retried
+        init_scales({"a/kernel": jnp.zeros((2, 3))}, config, jax.random.key(0))
 
 
 def test_scalar_variable_needs_feature_axes_none():

@@ -6,5 +6,15 @@
 - `weightnorm.adapters.nnx`: an `nnx.Module` wrapper that, unlike `flax.nnx.WeightNorm`,
   never overwrites the wrapped layer's parameters (needs flax).
 
-Nothing is imported here, so `import weightnorm` never pulls in a framework.
+Each module has the same parts: the `WeightNorm` wrapper; `flatten` and
+`unflatten` between the framework's parameters and the core's flat dicts;
+`weight_norms`, which reads from a model which weight each scale normalizes
+(as `NormalizedWeight` records); and `fold`, `unfold` and
+`data_dependent_init` built on it. Only the framework-free records are
+imported here, so `import weightnorm.adapters` pulls in no framework.
 """
+
+from ._common import ModelTrace as ModelTrace
+from ._common import NormalizedWeight as NormalizedWeight
+
+__all__ = ["ModelTrace", "NormalizedWeight"]

@@ -11,7 +11,6 @@ retrace.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -25,22 +24,18 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import CallRecorder, data_init_in_order, two_scales_error
-from ..core._tree import path_key
+from ._common import CallRecorder, NormalizedWeight, data_dependent_init_in_order
 
 __all__ = [
     "WeightNorm",
-    "PathFilter",
     "affine_weights",
     "data_dependent_init",
     "flatten",
     "fold",
     "unflatten",
     "unfold",
+    "weight_norms",
 ]
-
-# Set by `data_dependent_init` only: `(wrapper, normalized layer) -> layer to call`.
-_CALL_HOOKS: list[Callable[[Any, Any], Any]] = []
 
 _Layer = TypeVar("_Layer")
 
@@ -59,37 +54,6 @@ class _AffineWeights:
 _AFFINE_WEIGHTS = _AffineWeights()
 
 
-@dataclasses.dataclass(frozen=True)
-class PathFilter:
-    """A variable filter that selects an exact set of '/'-joined paths.
-
-    Hashable and equal by value, so a config holding it can be a static field:
-    two wrappers built alike compare equal and `eqx.filter_jit` reuses its trace.
-
-    Attributes:
-      paths: the selected paths, e.g. `frozenset({"layers/0/weight"})`.
-
-    Examples:
-      >>> PathFilter(frozenset({"weight"}))("weight"), PathFilter(frozenset({"weight"}))("bias")
-      (True, False)
-    """
-
-    paths: frozenset[str]
-
-    def __post_init__(self) -> None:
-        paths = frozenset(self.paths)
-        for path in paths:
-            if not isinstance(path, str):
-                raise TypeError(f"`PathFilter` paths must be strings, got {path!r}.")
-        object.__setattr__(self, "paths", paths)
-
-    def __call__(self, path: str) -> bool:
-        return path in self.paths
-
-    def __repr__(self) -> str:
-        return f"PathFilter({sorted(self.paths)!r})"
-
-
 def _is_state_index(node: Any) -> bool:
     return isinstance(node, eqx.nn.StateIndex)
 
@@ -103,7 +67,7 @@ def _split_params(module: Any) -> tuple[Any, Any]:
     return eqx.partition(module, eqx.is_inexact_array, is_leaf=_is_state_index)
 
 
-def affine_weights(layer: Any) -> PathFilter:
+def affine_weights(layer: Any) -> core.PathFilter:
     """The default filter: the `weight` of every Linear, Conv and ConvTranspose in `layer`.
 
     Subclasses count (`Conv2d`, `ConvTranspose1d`, ...). LayerNorm, GroupNorm,
@@ -113,7 +77,8 @@ def affine_weights(layer: Any) -> PathFilter:
       layer: an Equinox module (or any pytree holding modules).
 
     Returns:
-      A `PathFilter` of the paths of those weights, keyed as `flatten` keys them.
+      A `weightnorm.PathFilter` of the paths of those weights, keyed as
+      `flatten` keys them.
 
     Examples:
       >>> import jax, equinox as eqx
@@ -125,9 +90,9 @@ def affine_weights(layer: Any) -> PathFilter:
         layer, is_leaf=lambda node: isinstance(node, _AFFINE_LAYERS)
     )[0]
     weight = jax.tree_util.GetAttrKey("weight")
-    return PathFilter(
+    return core.PathFilter(
         frozenset(
-            jax.tree_util.keystr((*key_path, weight), simple=True, separator="/")
+            core.path_key((*key_path, weight))
             for key_path, node in found
             if isinstance(node, _AFFINE_LAYERS) and node.weight is not None
         )
@@ -210,9 +175,9 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
           variable_filter: which arrays to normalize. Default: the `weight` of
             every affine layer (see `affine_weights`). Otherwise None for every
             floating array, a string or strings (substrings of the '/'-joined
-            path, e.g. `"weight"`), or a predicate on the path (a `PathFilter`
-            or a module-level function keeps equal wrappers equal; a fresh
-            lambda per wrapper does not). Initial values inside an
+            path, e.g. `"weight"`), or a predicate on the path (a
+            `weightnorm.PathFilter` or a module-level function keeps equal
+            wrappers equal; a fresh lambda per wrapper does not). Initial values inside an
             `eqx.nn.StateIndex` are state and never selected.
           key: PRNG key for `scale_init`; may be None when it is deterministic.
           stack_axes: leading axes of stacked weights (an `eqx.filter_vmap`-built
@@ -263,10 +228,7 @@ class WeightNorm(eqx.Module, Generic[_Layer]):
         Every argument (`x`, `key=`, a `state`, ...) is passed through unchanged,
         and the layer's return value (e.g. `(y, state)`) is returned as it is.
         """
-        layer = self.normalized_layer()
-        for hook in _CALL_HOOKS:
-            layer = hook(self, layer)
-        return layer(*args, **kwargs)
+        return self.normalized_layer()(*args, **kwargs)
 
 
 def _placed(scales: dict[str, Any], shardings: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,7 +323,7 @@ def unfold(layer: _Layer, **kwargs: Any) -> WeightNorm[_Layer]:
     return WeightNorm(layer, scale_init="norm", **kwargs)
 
 
-def _where(key_path: tuple[Any, ...]) -> Callable[[Any], Any]:
+def _at(key_path: tuple[Any, ...]) -> Callable[[Any], Any]:
     """The `eqx.tree_at` accessor of the node at `key_path`."""
 
     def where(tree: Any) -> Any:
@@ -377,24 +339,83 @@ def _where(key_path: tuple[Any, ...]) -> Callable[[Any], Any]:
     return where
 
 
-def _wrapped_layers(model: Any) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
-    """`{layer path: (wrapper path, scale path, key path of the layer in the wrapper)}`."""
-    found = {}
-    for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_wrapper)[0]:
-        if not _is_wrapper(node):
-            continue
-        wrapper = path_key(path) if path else ""
-        leaves = jax.tree_util.tree_flatten_with_path(node.layer)[0]
-        keys = {path_key(p): p for p, _ in leaves}
-        for scale in node.scales:
-            weight = scale[: -len(core.SCALE_SUFFIX)]
-            layer = "/".join(part for part in (wrapper, "layer", weight) if part)
-            layer = layer.rsplit("/", 1)[0]
-            scale_path = "/".join(part for part in (wrapper, "scales", scale) if part)
-            if layer in found:
-                raise two_scales_error(layer, found[layer][1], scale_path)
-            found[layer] = (wrapper, scale_path, keys[weight][:-1])
+def _wrappers(model: Any) -> list[tuple[tuple[Any, ...], WeightNorm]]:
+    """(key path, wrapper) of every `WeightNorm` in `model`, outermost only."""
+    nodes = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_wrapper)[0]
+    return [(path, node) for path, node in nodes if _is_wrapper(node)]
+
+
+def weight_norms(model: Any) -> list[NormalizedWeight]:
+    """Every `WeightNorm` in an Equinox model, and exactly which weight each scale normalizes.
+
+    Read from the wrappers themselves: a wrapper at `P` scales `P/layer/X`
+    with `P/scales/X/scale`, over the feature axes and with the epsilon of
+    its own config.
+
+    Args:
+      model: a `WeightNorm`, or any pytree holding some.
+
+    Returns:
+      One `NormalizedWeight` per normalized array (with `scale=None` for a
+      wrapper with `use_scale=False`), in the model's order; paths are keys of
+      `flatten(model)`.
+
+    Examples:
+      >>> import jax, equinox as eqx
+      >>> mlp = WeightNorm(eqx.nn.MLP(2, 3, width_size=4, depth=1, key=jax.random.key(0)))
+      >>> [(w.weight, w.layer) for w in weight_norms(mlp)]
+      [('layer/layers/0/weight', 'layer/layers/0'), ('layer/layers/1/weight', 'layer/layers/1')]
+    """
+    found = []
+    for key_path, wrapper in _wrappers(model):
+        prefix = core.path_key(key_path)
+        params, _ = _split_params(wrapper.layer)
+        flat = core.flatten(params)
+        config = wrapper.config
+        for path in core.select(flat, config.variable_filter):
+            shape = tuple(flat[path].shape)
+            axes = core.resolve_feature_axes(path, shape[config.stack_axes :], config.feature_axes)
+            kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
+            weight = "/".join(filter(None, (prefix, "layer", path)))
+            scale = "/".join(filter(None, (prefix, "scales", core.scale_path(path))))
+            found.append(
+                NormalizedWeight(
+                    weight,
+                    scale if config.use_scale else None,
+                    weight.rsplit("/", 1)[0],
+                    prefix,
+                    kept,
+                    config.epsilon,
+                )
+            )
     return found
+
+
+class _Recording:
+    """Stands in for a wrapper in the copy of a model that data-dependent init runs.
+
+    Calls the wrapper's normalized layer with a `CallRecorder` in place of each
+    module whose outputs are wanted (`recorded`: its key path in the layer and
+    its name); the model itself is never changed.
+    """
+
+    def __init__(
+        self,
+        wrapper: WeightNorm,
+        recorded: list[tuple[tuple[Any, ...], str]],
+        calls: list[tuple[str, Any]],
+    ) -> None:
+        self.wrapper, self.recorded, self.calls = wrapper, recorded, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self.wrapper.normalized_layer()
+        for key_path, name in self.recorded:
+            record = lambda node, name=name: CallRecorder(node, name, self.calls)  # noqa: E731
+            if key_path:
+                layer = eqx.tree_at(_at(key_path), layer, replace_fn=record)
+            else:
+                layer = record(layer)
+        return layer(*args, **kwargs)
 
 
 def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any:
@@ -406,10 +427,13 @@ def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any
     scale 1 and bias 0 (so with the normalized direction:
     `t = v . x / ||v||`), and it gets `scale = 1 / std(t)` and
     `bias = -mean(t) / std(t)` per output feature (axis 0 of one example's
-    output: Equinox's layout; `weightnorm.data_dependent_scale_bias`). Later
-    layers see the outputs of those already initialized, so afterwards the
-    pre-activations of every wrapped layer have mean 0 and std 1 on the batch.
-    A layer's bias is its `bias` field; without one only the scale is set.
+    output: Equinox's channels-first layout, for Linear and Conv layers
+    alike; `weightnorm.data_dependent_scale_bias`). Later layers see the
+    outputs of those already initialized, so afterwards the pre-activations
+    of every wrapped layer have mean 0 and std 1 on the batch. A layer's bias
+    is its `bias` field (a conv's `(out, 1, ...)` bias too); without one only
+    the scale is set. The calls are recorded on copies of the model, so
+    several threads may initialize models at once.
 
     Args:
       model: the Equinox model.
@@ -431,45 +455,44 @@ def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any
       >>> jnp.round(y.mean(0), 3) + 0.0, jnp.round(y.std(0), 3)
       (Array([0., 0.], dtype=float32), Array([1., 1.], dtype=float32))
     """
-    layers = _wrapped_layers(model)
-    if not layers:
+    weights = weight_norms(model)
+    if not weights:
         raise ValueError(f"{type(model).__name__} holds no weightnorm `WeightNorm` to initialize.")
+    # Where each recorded layer sits: its wrapper's key path, then its key path in the layer.
+    places = {}
+    for key_path, wrapper in _wrappers(model):
+        prefix = core.path_key(key_path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(wrapper.layer)[0]:
+            place = "/".join(filter(None, (prefix, "layer", core.path_key(path))))
+            places[place] = (key_path, path)
 
     def run(flat_params: Mapping[str, Any], wanted: set[str]) -> list[tuple[str, Any]]:
         current = unflatten(flat_params, like=model)
-        wrappers = {
-            id(node): path_key(path) if path else ""
-            for path, node in jax.tree_util.tree_flatten_with_path(current, is_leaf=_is_wrapper)[0]
-            if _is_wrapper(node)
-        }
         names: list[str] = []
 
         def per_example(x: Any) -> list[Any]:
             calls: list[tuple[str, Any]] = []
-
-            def hook(wrapper: Any, layer: Any) -> Any:
-                for name in wanted:
-                    wrapper_path, _, key_path = layers[name]
-                    if wrapper_path != wrappers.get(id(wrapper)):
-                        continue
-                    if not key_path:
-                        layer = CallRecorder(layer, name, calls)
+            recording = current
+            for key_path, wrapper in _wrappers(current):
+                inner = []
+                for w in weights:
+                    if w.layer in wanted and w.wrapper == core.path_key(key_path):
+                        leaf_path = places[w.weight][1]
+                        inner.append((leaf_path[:-1], w.layer))
+                if inner:
+                    stand_in = _Recording(wrapper, inner, calls)
+                    if key_path:
+                        recording = eqx.tree_at(_at(key_path), recording, stand_in)
                     else:
-                        replace = lambda node, name=name: CallRecorder(node, name, calls)  # noqa: E731
-                        layer = eqx.tree_at(_where(key_path), layer, replace_fn=replace)
-                return layer
-
-            _CALL_HOOKS.append(hook)
-            try:
-                current(x)
-            finally:
-                _CALL_HOOKS.remove(hook)
+                        recording = stand_in
+            recording(x)
             names[:] = [name for name, _ in calls]
             return [out for _, out in calls]
 
         outputs = jax.vmap(per_example)(batch)
         return list(zip(names, outputs, strict=True))
 
-    owners = {name: scale_path for name, (_, scale_path, _) in layers.items()}
-    flat = data_init_in_order(flatten(model), owners, "bias", run, feature_axis=1, epsilon=epsilon)
+    flat = data_dependent_init_in_order(
+        flatten(model), weights, run, bias_name="bias", feature_axis=1, epsilon=epsilon
+    )
     return unflatten(flat, like=model)

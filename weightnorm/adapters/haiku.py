@@ -23,10 +23,18 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import data_init_in_order, one_scale_per_layer
-from ..core._warnings import warn_if_nothing_selected
+from ._common import ModelTrace, NormalizedWeight, data_dependent_init_in_order
 
-__all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
+__all__ = [
+    "WeightNorm",
+    "data_dependent_init",
+    "flatten",
+    "fold",
+    "trace",
+    "unflatten",
+    "unfold",
+    "weight_norms",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +64,11 @@ class WeightNorm(hk.Module):
     parameter they scale. State (`hk.get_state`) passes through untouched.
     Calling the wrapper several times reuses one set of scales.
 
-    A `scale_init` that needs no randomness (the default `ones`) takes no rng
-    key, so the wrapped model initializes exactly as it would unwrapped; a
-    random one takes one key of `hk.next_rng_key()` per scale at init.
+    A `scale_init` that needs no randomness (`"ones"`, the default, `"norm"`,
+    jax's `ones`) takes no rng key, so the wrapped model initializes exactly
+    as it would unwrapped; any other callable takes one key of
+    `hk.next_rng_key()` per normalized parameter at init (see
+    `weightnorm.core.needs_key`).
 
     Haiku's transposed convolutions store `w` as `(..., out, in)`, so for them
     pass `feature_axes=-2` to get one norm per output channel (the default
@@ -155,7 +165,7 @@ class WeightNorm(hk.Module):
         with hk.custom_getter(getter, params=True, state=False):
             out = self.module(*args, **kwargs)
         if hk.running_init():
-            warn_if_nothing_selected(read, self.config, stacklevel=2)
+            core.warn_if_nothing_selected(read, self.config, stacklevel=2)
         return out
 
     def _normalize(self, path: str, value: Any) -> Any:
@@ -165,25 +175,14 @@ class WeightNorm(hk.Module):
         flat = {path: value}
         scales = {
             key: hk.get_parameter(
-                key, shape, self.config.param_dtype, init=self._scale_init(flat, key)
+                key,
+                shape,
+                self.config.param_dtype,
+                init=lambda *_, key=key: core.init_scales(flat, self.config, hk.next_rng_key)[key],
             )
             for key, shape in core.scale_shapes(flat, self.config).items()
         }
         return core.normalize(flat, scales, self.config)[path]
-
-    def _scale_init(self, flat: dict[str, Any], key: str) -> Callable[..., jax.Array]:
-        if isinstance(self.config.scale_init, str):  # "ones" or "norm": no rng key
-            return lambda shape, dtype: core.init_scales(flat, self.config)[key]
-        return self._call_scale_init
-
-    def _call_scale_init(self, shape: tuple[int, ...], dtype: Any) -> jax.Array:
-        # Haiku initializers take (shape, dtype); ours take a key first. An
-        # initializer that needs no randomness (flax's `ones`) gets no key,
-        # so it leaves the rng sequence, and every later parameter, as it was.
-        try:
-            return self.config.scale_init(None, shape, dtype)
-        except Exception:
-            return self.config.scale_init(hk.next_rng_key(), shape, dtype)
 
 
 def flatten(params: Any) -> dict[str, Any]:
@@ -216,16 +215,6 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
     return core.unflatten(flat, like=like)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Paths:
-    """Selects an exact set of full parameter names."""
-
-    paths: frozenset[str]
-
-    def __call__(self, path: str) -> bool:
-        return path in self.paths
-
-
 def _default_config() -> core.WeightNormConfig:
     return core.WeightNormConfig(feature_axes=-1, variable_filter=_NamedParameter("w"))
 
@@ -238,17 +227,99 @@ def _check_params(params: Any) -> None:
         )
 
 
-def _scale_entries(params: Mapping[str, Any]) -> dict[tuple[str, str], str]:
-    """`(bundle, name) -> full name of the parameter it scales` of every WeightNorm scale."""
+def weight_norms(params: Any) -> list[NormalizedWeight]:
+    """Every `WeightNorm` scale in Haiku params, and the parameter it scales.
+
+    A wrapper keys each scale by the full name of the parameter it scales
+    (`"mlp/~/linear_0/w/scale"` in the wrapper's bundle), so the parameter is
+    named exactly. Feature axes and epsilon are not in the params (they are
+    None here); `trace` reads them from the wrappers.
+
+    Args:
+      params: Haiku params `{module name: {parameter name: array}}`.
+
+    Returns:
+      One `NormalizedWeight` per scale, in the params' order; paths are keys of
+      `flatten(params)`.
+
+    Raises:
+      TypeError: for params that are not Haiku's two-level dicts.
+
+    Examples:
+      >>> import haiku as hk, jax, jax.numpy as jnp
+      >>> model = hk.transform(lambda x: WeightNorm(hk.Linear(2))(x))
+      >>> params = model.init(jax.random.key(0), jnp.ones((1, 3)))
+      >>> [(w.weight, w.scale) for w in weight_norms(params)]
+      [('linear/w', 'weight_norm/linear/w/scale')]
+    """
     _check_params(params)
     names = {f"{bundle}/{name}" for bundle, inner in params.items() for name in inner}
-    found = {}
+    found = []
     for bundle, inner in params.items():
         for name in inner:
-            weight = name[: -len(core.SCALE_SUFFIX)]
-            if name.endswith(core.SCALE_SUFFIX) and weight in names:
-                found[(bundle, name)] = weight
+            if core.is_scale_path(name) and core.weight_path(name) in names:
+                weight = core.weight_path(name)
+                layer = weight.rsplit("/", 1)[0]
+                found.append(NormalizedWeight(weight, f"{bundle}/{name}", layer, bundle))
     return found
+
+
+def trace(transformed: Any, *args: Any, params: Any = None, **kwargs: Any) -> ModelTrace:
+    """The modules in call order and the weight norms of a transformed function, run abstractly.
+
+    The function runs under `jax.eval_shape` (no computation): `init` on
+    `args` when `params` is None, else `apply(params, None, *args)`. Each
+    `WeightNorm` call says which wrapper holds which scales and with which
+    feature axes and epsilon.
+
+    Args:
+      transformed: an `hk.transform`ed function (with or without state; apply
+        rng may be None).
+      *args: example inputs (arrays or `jax.ShapeDtypeStruct`s).
+      params: the params, if already made.
+      **kwargs: keyword arguments of the function.
+
+    Returns:
+      A `ModelTrace`: the params' shapes, `{module name: type}` in call order,
+      and the `NormalizedWeight`s with their axes and epsilon.
+
+    Examples:
+      >>> import haiku as hk, jax.numpy as jnp
+      >>> model = hk.transform(lambda x: WeightNorm(hk.Linear(2), epsilon=1e-6)(x))
+      >>> [(w.weight, w.epsilon) for w in trace(model, jnp.ones((1, 3))).weight_norms]
+      [('linear/w', 1e-06)]
+    """
+    modules: dict[str, type] = {}
+    configs: dict[str, core.WeightNormConfig] = {}
+
+    def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
+        if context.method_name == "__call__":
+            module = context.module
+            modules.setdefault(module.module_name, type(module))
+            if isinstance(module, WeightNorm):
+                configs[module.module_name] = module.config
+        return next_fun(*call_args, **call_kwargs)
+
+    with hk.intercept_methods(interceptor):
+        if params is None:
+            made = jax.eval_shape(lambda: transformed.init(jax.random.key(0), *args, **kwargs))
+            params = made[0] if isinstance(made, tuple) else made
+        else:
+            jax.eval_shape(lambda p: transformed.apply(p, None, *args, **kwargs), params)
+    found = []
+    for weight in weight_norms(params):
+        config = configs.get(weight.wrapper)
+        if config is None:
+            found.append(weight)
+            continue
+        bundle, name = weight.weight.rsplit("/", 1)
+        shape = tuple(params[bundle][name].shape)
+        axes = core.resolve_feature_axes(
+            weight.weight, shape[config.stack_axes :], config.feature_axes
+        )
+        kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
+        found.append(dataclasses.replace(weight, feature_axes=kept, epsilon=config.epsilon))
+    return ModelTrace(params, modules, tuple(found))
 
 
 def fold(params: Any, config: core.WeightNormConfig | None = None) -> dict[str, Any]:
@@ -283,19 +354,18 @@ def fold(params: Any, config: core.WeightNormConfig | None = None) -> dict[str, 
       True
     """
     config = _default_config() if config is None else config
-    entries = _scale_entries(params)
-    flat = {
-        f"{bundle}/{name}": value
-        for bundle, inner in params.items()
-        for name, value in inner.items()
-        if (bundle, name) not in entries
-    }
+    weights = weight_norms(params)
+    scale_paths = {w.scale for w in weights}
+    every = flatten(params)
+    flat = {key: value for key, value in every.items() if key not in scale_paths}
     if config.use_scale:
-        config = config.replace(variable_filter=_Paths(frozenset(entries.values())))
-    scales = {weight + core.SCALE_SUFFIX: params[b][n] for (b, n), weight in entries.items()}
+        config = config.replace(
+            variable_filter=core.PathFilter(frozenset(w.weight for w in weights))
+        )
+    scales = {core.scale_path(w.weight): every[w.scale] for w in weights}
     folded = core.fold(flat, scales, config)
     plain = {
-        bundle: {n: folded[f"{bundle}/{n}"] for n in inner if (bundle, n) not in entries}
+        bundle: {n: folded[f"{bundle}/{n}"] for n in inner if f"{bundle}/{n}" not in scale_paths}
         for bundle, inner in params.items()
     }
     return {bundle: inner for bundle, inner in plain.items() if inner}
@@ -374,13 +444,7 @@ def data_dependent_init(
       >>> jnp.round(y.mean(0), 3) + 0.0, jnp.round(y.std(0), 3)
       (Array([0., 0.], dtype=float32), Array([1., 1.], dtype=float32))
     """
-    entries = _scale_entries(params)
-    if not entries:
-        raise ValueError("The params hold no weightnorm `WeightNorm` scales to initialize.")
-    flat = flatten(params)
-    owners = one_scale_per_layer(
-        (weight.rsplit("/", 1)[0], f"{b}/{n}") for (b, n), weight in entries.items()
-    )
+    weights = weight_norms(params)
 
     def run(flat_params: Mapping[str, Any], wanted: Any) -> list[tuple[str, Any]]:
         outputs: list[tuple[str, Any]] = []
@@ -396,5 +460,7 @@ def data_dependent_init(
             apply(unflatten(flat_params, like=params), *args, **kwargs)
         return outputs
 
-    flat = data_init_in_order(flat, owners, "b", run, feature_axis=-1, epsilon=epsilon)
+    flat = data_dependent_init_in_order(
+        flatten(params), weights, run, bias_name="b", feature_axis=-1, epsilon=epsilon
+    )
     return unflatten(flat, like=params)

@@ -23,10 +23,18 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import data_init_in_order, one_scale_per_layer
-from ..core._warnings import warn_if_nothing_selected
+from ._common import ModelTrace, NormalizedWeight, data_dependent_init_in_order
 
-__all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
+__all__ = [
+    "WeightNorm",
+    "data_dependent_init",
+    "flatten",
+    "fold",
+    "trace",
+    "unflatten",
+    "unfold",
+    "weight_norms",
+]
 
 
 class WeightNorm(nn.Module):
@@ -134,7 +142,7 @@ class WeightNorm(nn.Module):
         unboxed = jax.tree.map(_unbox, named, is_leaf=_is_box) if boxes else named
         flat = core.flatten(unboxed)
         if self.is_initializing():
-            warn_if_nothing_selected(flat, config, stacklevel=2)
+            core.warn_if_nothing_selected(flat, config, stacklevel=2)
         names = {path: box.names for path, box in boxes.items() if isinstance(box, nn.Partitioned)}
         specs = core.scale_partition_specs(flat, names, config) if names else {}
         initializer = _scale_initializer(flat, config)
@@ -142,7 +150,7 @@ class WeightNorm(nn.Module):
             name: self.param(
                 name,
                 _boxed_like_kernel(
-                    initializer(name), boxes.get(name[: -len(core.SCALE_SUFFIX)]), specs.get(name)
+                    initializer(name), boxes.get(core.weight_path(name)), specs.get(name)
                 ),
                 shape,
                 config.param_dtype,
@@ -239,7 +247,7 @@ def _split(variables: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             f"collection, as `model.init` returns), got {type(variables).__name__}."
         )
     params = variables["params"]
-    scales = {k: v for k, v in params.items() if k.endswith(core.SCALE_SUFFIX) and "/" in k}
+    scales = {k: v for k, v in params.items() if _is_linen_scale(k)}
     layers = [k for k in params if k not in scales]
     if len(layers) != 1:
         raise ValueError(
@@ -307,18 +315,17 @@ def _fold_wrapped_inside(variables: Any, config: core.WeightNormConfig) -> dict[
     if not isinstance(params, Mapping):
         raise TypeError("Expected variables with a 'params' collection, as `model.init` returns.")
     flat = core.flatten(params)
-    pairs = _wrapped_weights(params, flat)
-    if not pairs:
+    weights = [w for w in weight_norms(variables) if w.scale is not None]
+    if not weights:
         raise ValueError(
             "The variables hold no weightnorm `WeightNorm` scales to fold (wrappers with "
             "`use_scale=False` cannot be found from the variables alone)."
         )
-    scale_paths = {scale for scale, _ in pairs}
-    weights = frozenset(weight for _, weight in pairs)
+    scale_paths = {w.scale for w in weights}
     folded = core.fold(
         {path: value for path, value in flat.items() if path not in scale_paths},
-        {weight + core.SCALE_SUFFIX: flat[scale] for scale, weight in pairs},
-        config.replace(variable_filter=weights.__contains__),
+        {core.scale_path(w.weight): flat[w.scale] for w in weights},
+        config.replace(variable_filter=core.PathFilter(frozenset(w.weight for w in weights))),
     )
 
     def rebuild(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -381,29 +388,155 @@ def _check_model(model: Any) -> None:
         )
 
 
-def _wrapped_weights(params: Mapping[str, Any], flat: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(scale path, weight path) of every WeightNorm scale in a model's params.
+def _is_linen_scale(key: str) -> bool:
+    """A WeightNorm scale's key within its wrapper: `"<layer name>/<path>/scale"`."""
+    return core.is_scale_path(key) and "/" in core.weight_path(key)
 
-    A wrapper's scales are named after the weight's path relative to the
-    wrapper (its `layer_instance` field) or to the wrapper's parent (a layer
-    made in the parent's compact method), so both are tried.
+
+def weight_norms(variables: Mapping[str, Any]) -> list[NormalizedWeight]:
+    """Every weightnorm `WeightNorm` scale in Linen variables, and the weight it scales.
+
+    A wrapper at path `P` keys each scale by its layer's name and the
+    weight's path in that layer (`"Dense_0/kernel/scale"`, flax's names). The
+    layer is a child of the wrapper (made outside any module, flax names it
+    `layer_instance`) or of the module that made it (usually the wrapper's
+    parent); it is looked up from `P` outwards, the nearest module of that
+    name first, as Linen's scopes nest. Only `trace` also knows the wrappers'
+    feature axes and epsilon; here they are None.
+
+    Args:
+      variables: the model's variables (a dict with a `"params"` collection), or
+        its params alone.
+
+    Returns:
+      One `NormalizedWeight` per scale, in the variables' order; paths are
+      keys of `flatten(params)` (no collection prefix).
+
+    Raises:
+      TypeError: when `variables` is not a dict of params.
+      ValueError: naming a scale whose weight is nowhere in the variables.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> variables = WeightNorm(nn.Dense(3)).init(jax.random.key(0), jnp.ones((1, 2)))
+      >>> [(w.weight, w.scale) for w in weight_norms(variables)]
+      [('layer_instance/kernel', 'layer_instance/kernel/scale')]
     """
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"Expected Linen variables (a dict), got {type(variables).__name__}.")
+    params = variables.get("params", variables)
+    flat = core.flatten(params)
     found = []
 
     def walk(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
         for key, value in node.items():
             if isinstance(value, Mapping):
                 walk(value, (*prefix, key))
-            elif key.endswith(core.SCALE_SUFFIX) and "/" in key:
-                relative = key[: -len(core.SCALE_SUFFIX)]
-                for base in (prefix, prefix[:-1]):
-                    weight = "/".join((*base, relative))
-                    if weight in flat:
-                        found.append(("/".join((*prefix, key)), weight))
-                        break
+            elif _is_linen_scale(key):
+                found.append(_named_weight(flat, prefix, key))
 
     walk(params, ())
     return found
+
+
+def _named_weight(flat: Mapping[str, Any], wrapper: tuple[str, ...], key: str) -> NormalizedWeight:
+    """The weight that the scale `key` of the wrapper at `wrapper` names, nearest module first."""
+    relative = core.weight_path(key)
+    for depth in range(len(wrapper), -1, -1):
+        weight = "/".join((*wrapper[:depth], relative))
+        if weight in flat:
+            scale = "/".join((*wrapper, key))
+            return NormalizedWeight(weight, scale, weight.rsplit("/", 1)[0], "/".join(wrapper))
+    raise ValueError(
+        f"Scale {'/'.join((*wrapper, key))!r} names the weight {relative!r}, which is neither "
+        "in its wrapper nor in any module around it. Pass the variables of the whole model, "
+        "as `model.init` returns them."
+    )
+
+
+def trace(model: nn.Module, *args: Any, variables: Any = None, **kwargs: Any) -> ModelTrace:
+    """The model's modules in call order and its weight norms, read by running it abstractly.
+
+    `model` runs under `jax.eval_shape` (no computation, no memory for
+    weights): `model.init` on `args` when `variables` is None, else
+    `model.apply(variables, *args)`. Every `WeightNorm` call says exactly
+    which module it wraps, so each scale's weight, feature axes and epsilon
+    come from the wrapper itself (`weight_norms` from the variables alone
+    knows only the names).
+
+    Args:
+      model: the Linen module.
+      *args: example inputs (arrays or `jax.ShapeDtypeStruct`s).
+      variables: the model's variables, if already made.
+      **kwargs: keyword arguments of the call.
+
+    Returns:
+      A `ModelTrace`: the variables' shapes, `{module path: type}` in call
+      order, and the `NormalizedWeight`s with their axes and epsilon.
+
+    Examples:
+      >>> import jax.numpy as jnp, flax.linen as nn
+      >>> traced = trace(WeightNorm(nn.Dense(3), feature_axes=0), jnp.ones((1, 3)))
+      >>> [(w.weight, w.feature_axes) for w in traced.weight_norms]
+      [('layer_instance/kernel', (0,))]
+    """
+    modules: dict[str, type] = {}
+    wrappers: list[tuple[str, WeightNorm]] = []
+    layers: dict[str, str] = {}  # wrapper path -> the path of the module it calls
+    stack: list[tuple[str, Any]] = []
+
+    def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
+        if context.method_name != "__call__":
+            return next_fun(*call_args, **call_kwargs)
+        module = context.module
+        path = "/".join(module.path)
+        if stack and isinstance(stack[-1][1], WeightNorm) and stack[-1][0] not in layers:
+            layers[stack[-1][0]] = path
+        modules.setdefault(path, type(module))
+        if isinstance(module, WeightNorm):
+            wrappers.append((path, module))
+        stack.append((path, module))
+        try:
+            return next_fun(*call_args, **call_kwargs)
+        finally:
+            stack.pop()
+
+    with nn.intercept_methods(interceptor):
+        if variables is None:
+            variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+        else:
+            jax.eval_shape(lambda v: model.apply(v, *args, mutable=True, **kwargs), variables)
+    params = variables.get("params", {})
+    flat = core.flatten(params)
+    found: dict[str, NormalizedWeight] = {}
+    for path, wrapper in wrappers:
+        layer = layers.get(path)
+        node = _subtree(params, path)
+        if layer is None or node is None:
+            continue
+        name = layer.rsplit("/", 1)[-1]
+        config = wrapper.config
+        for key in node:
+            if not (_is_linen_scale(key) and key.startswith(f"{name}/")):
+                continue
+            weight = "/".join(filter(None, (layer, core.weight_path(key)[len(name) + 1 :])))
+            axes = core.resolve_feature_axes(
+                weight, tuple(flat[weight].shape)[config.stack_axes :], config.feature_axes
+            )
+            kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
+            scale = "/".join(filter(None, (path, key)))
+            found[scale] = NormalizedWeight(
+                weight, scale, weight.rsplit("/", 1)[0], path, kept, float(config.epsilon)
+            )
+    ordered = [found[key] for key in flat if key in found]
+    return ModelTrace(variables, modules, tuple(ordered))
+
+
+def _subtree(params: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
+    node: Any = params
+    for part in filter(None, path.split("/")):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else None
 
 
 def data_dependent_init(
@@ -424,7 +557,8 @@ def data_dependent_init(
     the layers already initialized, so after init the pre-activations of every
     wrapped layer have mean 0 and std 1 on this batch. A layer's bias is its
     sibling parameter `bias`; without one only the scale is set. Output
-    features are on the last axis (Linen's Dense and Conv).
+    features are on the last axis (Linen's Dense and Conv). Which layer each
+    scale belongs to is read by tracing the model (`trace`).
 
     Args:
       model: the Linen module.
@@ -451,15 +585,7 @@ def data_dependent_init(
     params = variables["params"] if isinstance(variables, Mapping) else None
     if not isinstance(params, Mapping):
         raise TypeError("Expected variables with a 'params' collection, as `model.init` returns.")
-    flat = core.flatten(params)
-    weights = dict(_wrapped_weights(params, flat))
-    if not weights:
-        raise ValueError(
-            f"{type(model).__name__} has no weightnorm `WeightNorm` scales to initialize."
-        )
-    owners = one_scale_per_layer(
-        (weight.rsplit("/", 1)[0], scale) for scale, weight in weights.items()
-    )
+    weights = trace(model, *args, variables=variables, **kwargs).weight_norms
 
     def run(flat_params: Mapping[str, Any], wanted: Any) -> list[tuple[str, Any]]:
         outputs: list[tuple[str, Any]] = []
@@ -476,5 +602,7 @@ def data_dependent_init(
             model.apply(new, *args, **kwargs)
         return outputs
 
-    flat = data_init_in_order(flat, owners, "bias", run, feature_axis=-1, epsilon=epsilon)
+    flat = data_dependent_init_in_order(
+        core.flatten(params), weights, run, bias_name="bias", feature_axis=-1, epsilon=epsilon
+    )
     return {**variables, "params": core.unflatten(flat, like=params)}

@@ -12,7 +12,6 @@ on whole models holding wrappers.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -28,13 +27,17 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ..core._init import CallRecorder, check_finite, data_init_in_order, two_scales_error
-from ..core._warnings import warn_if_nothing_selected
+from ._common import CallRecorder, NormalizedWeight, data_dependent_init_in_order
 
-__all__ = ["WeightNorm", "data_dependent_init", "flatten", "fold", "unflatten", "unfold"]
-
-# Set by `data_dependent_init` only: `(wrapper, normalized layer) -> layer to call`.
-_CALL_HOOKS: list[Callable[[Any, Any], Any]] = []
+__all__ = [
+    "WeightNorm",
+    "data_dependent_init",
+    "flatten",
+    "fold",
+    "unflatten",
+    "unfold",
+    "weight_norms",
+]
 
 _FILTER_CLASSES = (
     type,
@@ -61,20 +64,6 @@ def _is_nnx_filter(variable_filter: Any) -> bool:
     if isinstance(variable_filter, (list, tuple)):
         return bool(variable_filter) and all(_is_nnx_filter(f) for f in variable_filter)
     return isinstance(variable_filter, _FILTER_CLASSES)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Selected:
-    """The exact paths that an NNX filter selected when the wrapper was made."""
-
-    paths: frozenset[str]
-    spelling: str = dataclasses.field(default="", compare=False)
-
-    def __call__(self, path: str) -> bool:
-        return path in self.paths
-
-    def __repr__(self) -> str:
-        return f"<params {sorted(self.paths)} selected by {self.spelling}>"
 
 
 def _state(node: Any) -> nnx.State:
@@ -199,9 +188,9 @@ class WeightNorm(nnx.Module):
         params = _variables(nnx.state(layer_instance, nnx.Param))
         if _is_nnx_filter(variable_filter):
             predicate = nnx.filterlib.to_predicate(variable_filter)
-            variable_filter = _Selected(
+            variable_filter = core.PathFilter(
                 frozenset(key for key, (path, param) in params.items() if predicate(path, param)),
-                repr(variable_filter),
+                f"selected by {variable_filter!r}",
             )
         self.config = core.WeightNormConfig(
             epsilon=epsilon,
@@ -219,11 +208,11 @@ class WeightNorm(nnx.Module):
         if core.select(flat, self.config.variable_filter):
             scales = _init_scales(flat, self.config, rngs)
         else:  # warn here, pointing at the caller, rather than from inside init_scales
-            warn_if_nothing_selected(flat, self.config, stacklevel=_caller_stacklevel())
+            core.warn_if_nothing_selected(flat, self.config, stacklevel=_caller_stacklevel())
             scales = {}
         self.scales = nnx.data(
             {
-                key: _scale_param(scale, key.removesuffix(core.SCALE_SUFFIX), params, self.config)
+                key: _scale_param(scale, core.weight_path(key), params, self.config)
                 for key, scale in scales.items()
             }
         )
@@ -254,10 +243,7 @@ class WeightNorm(nnx.Module):
         Every argument is passed through to `layer_instance`, and its result
         returned.
         """
-        layer = self.normalized_layer()
-        for hook in _CALL_HOOKS:
-            layer = hook(self, layer)
-        return layer(*args, **kwargs)
+        return self.normalized_layer()(*args, **kwargs)
 
 
 #: weightnorm's and flax.nnx's source folders: the frames a warning should skip.
@@ -281,22 +267,13 @@ def _caller_stacklevel() -> int:
 def _init_scales(
     flat: Mapping[str, Any], config: core.WeightNormConfig, rngs: nnx.Rngs | None
 ) -> dict[str, jax.Array]:
-    """`core.init_scales`, drawing a key from `rngs` only when `scale_init` needs one."""
-    if not callable(config.scale_init):  # "ones" and "norm" need no key
-        return core.init_scales(flat, config)
-    try:
-        return core.init_scales(flat, config)
-    except Exception as error:
-        if rngs is not None:
-            return core.init_scales(flat, config, rngs.params())
-        try:
-            core.init_scales(flat, config, jax.random.key(0))
-        except Exception:
-            raise error from None
+    """`core.init_scales`, drawing one key from `rngs.params` only when `scale_init` needs one."""
+    if rngs is None and core.needs_key(config.scale_init):
         raise ValueError(
             f"`scale_init` needs randomness to make {sorted(core.scale_shapes(flat, config))}: "
             "pass `rngs=nnx.Rngs(0)` (or any seed) to WeightNorm."
-        ) from error
+        )
+    return core.init_scales(flat, config, None if rngs is None else rngs.params)
 
 
 def _scale_param(
@@ -316,7 +293,7 @@ def _scale_param(
     if not names:
         return nnx.Param(scale)
     flat = {path: param.get_value()}
-    spec = core.scale_partition_specs(flat, {path: tuple(names)}, config)[path + core.SCALE_SUFFIX]
+    spec = core.scale_partition_specs(flat, {path: tuple(names)}, config)[core.scale_path(path)]
     sharding = {"out_sharding": tuple(spec)}
     for name in ("mesh", "sharding_rules", "eager_sharding"):
         if metadata.get(name) is not None:
@@ -468,7 +445,7 @@ def fold(model: nnx.Module) -> nnx.Module:
             params = _variables(nnx.state(wrapper.layer_instance, nnx.Param))
             flat = {key: param.get_value() for key, (_, param) in params.items()}
             selected = core.select(flat, wrapper.config.variable_filter)
-            check_finite(flat, selected, "the folded weight")
+            core.check_finite(flat, selected, "the folded weight")
             plain[id(wrapper)] = (wrapper, wrapper.normalized_layer())
         if not path:
             model = plain[id(wrapper)][1]
@@ -520,24 +497,101 @@ def unfold(layer: nnx.Module, **kwargs: Any) -> WeightNorm:
     return WeightNorm(layer, scale_init="norm", **kwargs)
 
 
-def _wrapped_layers(model: nnx.Module) -> dict[str, tuple[str, str, tuple[Any, ...]]]:
-    """`{layer path: (wrapper path, scale path, graph path of the layer in the wrapper)}`.
+def weight_norms(node: nnx.Module | nnx.State) -> list[NormalizedWeight]:
+    """Every `WeightNorm` in an NNX model, and exactly which param each scale normalizes.
 
-    Paths are '/'-joined as `flatten` joins them; a layer is the module
-    holding a normalized param (its output is the pre-activation).
+    From a module, read from the wrappers themselves: a wrapper at `P`
+    scales `P/layer_instance/X` with `P/scales/X/scale`, over the feature
+    axes and with the epsilon of its config. From a bare `nnx.State` the same
+    naming rule says the params (exact: the wrapper's attribute names are
+    fixed), but not the axes or epsilon (None).
+
+    Args:
+      node: an `nnx.Module`, or an `nnx.State` (e.g. `nnx.state(model, nnx.Param)`).
+
+    Returns:
+      One `NormalizedWeight` per normalized param (with `scale=None` for a
+      wrapper with `use_scale=False`), outermost wrappers first; paths are
+      keys of `flatten(node)`. A wrapper used at two places is read once, at
+      its first.
+
+    Examples:
+      >>> from flax import nnx
+      >>> model = nnx.Sequential(WeightNorm(nnx.Linear(2, 3, rngs=nnx.Rngs(0))))
+      >>> [(w.weight, w.scale) for w in weight_norms(model)]
+      [('layers/0/layer_instance/kernel', 'layers/0/scales/kernel/scale')]
     """
-    found: dict[str, tuple[str, str, tuple[Any, ...]]] = {}
-    for path, wrapper in _wrappers(model):
+    if isinstance(node, nnx.State):
+        flat = flatten(node)
+        found = []
+        for key in flat:
+            parts = key.split("/")
+            for i, part in enumerate(parts[:-1]):
+                name = "/".join(parts[i + 1 :])
+                if part != "scales" or not core.is_scale_path(name):
+                    continue
+                wrapper = "/".join(parts[:i])
+                weight = "/".join(filter(None, (wrapper, "layer_instance", core.weight_path(name))))
+                if weight in flat:
+                    found.append(NormalizedWeight(weight, key, weight.rsplit("/", 1)[0], wrapper))
+                    break
+        return found
+    _check_module(node)
+    found, seen = [], set()
+    for path, wrapper in _wrappers(node):
+        if id(wrapper) in seen:
+            continue
+        seen.add(id(wrapper))
         prefix = "/".join(map(str, path))
         params = _variables(nnx.state(wrapper.layer_instance, nnx.Param))
-        for scale in wrapper.scales:
-            weight_path = params[scale.removesuffix(core.SCALE_SUFFIX)][0]
-            layer = "/".join(map(str, (*path, "layer_instance", *weight_path[:-1])))
-            scale_path = "/".join(filter(None, (prefix, "scales", scale)))
-            if layer in found:
-                raise two_scales_error(layer, found[layer][1], scale_path)
-            found[layer] = (prefix, scale_path, weight_path[:-1])
+        flat = {key: param.get_value() for key, (_, param) in params.items()}
+        config = wrapper.config
+        for inner in core.select(flat, config.variable_filter):
+            shape = tuple(flat[inner].shape)
+            axes = core.resolve_feature_axes(inner, shape[config.stack_axes :], config.feature_axes)
+            kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
+            weight = "/".join(filter(None, (prefix, "layer_instance", inner)))
+            scale = "/".join(filter(None, (prefix, "scales", core.scale_path(inner))))
+            found.append(
+                NormalizedWeight(
+                    weight,
+                    scale if config.use_scale else None,
+                    weight.rsplit("/", 1)[0],
+                    prefix,
+                    kept,
+                    config.epsilon,
+                )
+            )
     return found
+
+
+class _Recording:
+    """Stands in for a wrapper in the copy of a model that data-dependent init runs.
+
+    Calls the wrapper's normalized layer (a fresh copy of its layer) with a
+    `CallRecorder` in place of each submodule whose outputs are wanted
+    (`recorded`: its graph path in the layer and its name).
+    """
+
+    def __init__(
+        self,
+        wrapper: WeightNorm,
+        recorded: list[tuple[tuple[Any, ...], str]],
+        calls: list[tuple[str, Any]],
+    ) -> None:
+        self.wrapper, self.recorded, self.calls = wrapper, recorded, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self.wrapper.normalized_layer()
+        for path, name in self.recorded:
+            if not path:
+                layer = CallRecorder(layer, name, self.calls)
+            else:
+                parent = _at(layer, path[:-1])
+                _set_child(
+                    parent, path[-1], CallRecorder(_child(parent, path[-1]), name, self.calls)
+                )
+        return layer(*args, **kwargs)
 
 
 def data_dependent_init(
@@ -583,8 +637,8 @@ def data_dependent_init(
       (Array([0., 0.], dtype=float32), Array([1., 1.], dtype=float32))
     """
     _check_module(model)
-    layers = _wrapped_layers(model)
-    if not layers:
+    weights = weight_norms(model)
+    if not any(w.scale is not None for w in weights):
         raise ValueError(
             f"{type(model).__name__} holds no weightnorm `WeightNorm` with scales to initialize."
         )
@@ -595,32 +649,36 @@ def data_dependent_init(
         return copy
 
     def run(flat_params: Mapping[str, Any], wanted: set[str]) -> list[tuple[str, Any]]:
-        current = with_params(flat_params)
-        paths = {id(node): "/".join(map(str, path)) for path, node in _wrappers(current)}
-        calls: list[tuple[str, Any]] = []
-
-        def hook(wrapper: WeightNorm, layer: nnx.Module) -> Any:
-            for name in sorted(wanted):
-                wrapper_path, _, layer_path = layers[name]
-                if wrapper_path != paths.get(id(wrapper)):
-                    continue
-                if not layer_path:
-                    layer = CallRecorder(layer, name, calls)
-                else:  # `layer` is a fresh copy: replacing its submodule changes nothing else
-                    parent = _at(layer, layer_path[:-1])
-                    submodule = _child(parent, layer_path[-1])
-                    _set_child(parent, layer_path[-1], CallRecorder(submodule, name, calls))
-            return layer
-
-        _CALL_HOOKS.append(hook)
-        try:
-            current(*args, **kwargs)
-        finally:
-            _CALL_HOOKS.remove(hook)
+        current, calls = with_params(flat_params), []
+        for path, wrapper in _wrappers(current):
+            prefix = "/".join(map(str, path))
+            recorded = [
+                (tuple(_graph_path(w.layer, prefix)), w.layer)
+                for w in weights
+                if w.wrapper == prefix and w.layer in wanted
+            ]
+            if not recorded:
+                continue
+            stand_in = _Recording(wrapper, recorded, calls)
+            if not path:
+                current = stand_in
+            else:
+                _set_child(_at(current, path[:-1]), path[-1], stand_in)
+        current(*args, **kwargs)
         return calls
 
-    owners = {name: scale_path for name, (_, scale_path, _) in layers.items()}
-    flat = data_init_in_order(
-        flatten(nnx.state(model, nnx.Param)), owners, "bias", run, feature_axis=-1, epsilon=epsilon
+    flat = data_dependent_init_in_order(
+        flatten(nnx.state(model, nnx.Param)),
+        weights,
+        run,
+        bias_name="bias",
+        feature_axis=-1,
+        epsilon=epsilon,
     )
     return with_params(flat)
+
+
+def _graph_path(layer: str, wrapper: str) -> list[Any]:
+    """The graph path, within its wrapper's `layer_instance`, of the module at `layer`."""
+    relative = layer.removeprefix(wrapper).strip("/").split("/")[1:]  # drop "layer_instance"
+    return [int(part) if part.isdigit() else part for part in relative]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._tree import check_flat
 
-__all__ = ["VariableFilter", "canonical_filter", "matches", "select"]
+__all__ = ["VariableFilter", "PathFilter", "canonical_filter", "matches", "select"]
 
 VariableFilter = str | Iterable[str] | Callable[[str], bool] | None
 """The spellings a filter may take: `None` (every variable), one string or an
@@ -18,12 +19,58 @@ flax's rule), or a predicate called with the '/'-joined path."""
 CanonicalFilter = frozenset | Callable[[str], bool] | None
 
 
+@dataclasses.dataclass(frozen=True)
+class PathFilter:
+    """A variable filter that selects an exact set of '/'-joined paths.
+
+    Hashable and equal by value, so a config holding it can be a static field:
+    two wrappers built alike compare equal and `jax.jit`/`eqx.filter_jit` reuse
+    their trace. Every adapter uses it where a selection is fixed once (the
+    Equinox default filter, an NNX filter applied when the wrapper is made, the
+    scales read back from a model).
+
+    Attributes:
+      paths: the selected paths, e.g. `frozenset({"layers/0/weight"})`.
+      description: how the selection was made, shown in its repr only (not
+        compared).
+
+    Examples:
+      >>> only = PathFilter(frozenset({"Dense_0/kernel"}))
+      >>> only("Dense_0/kernel"), only("Dense_0/bias")
+      (True, False)
+    """
+
+    paths: frozenset[str]
+    description: str = dataclasses.field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.paths, str):
+            raise TypeError(
+                f"`PathFilter` takes a collection of paths, got the string {self.paths!r}; "
+                "wrap it: `PathFilter(frozenset({path}))`."
+            )
+        paths = frozenset(self.paths)
+        for path in paths:
+            if not isinstance(path, str):
+                raise TypeError(f"`PathFilter` paths must be strings, got {path!r}.")
+        object.__setattr__(self, "paths", paths)
+
+    def __call__(self, path: str) -> bool:
+        return path in self.paths
+
+    def __repr__(self) -> str:
+        shown = f"PathFilter({sorted(self.paths)!r})"
+        return f"{shown} <{self.description}>" if self.description else shown
+
+
 def canonical_filter(variable_filter: Any) -> CanonicalFilter:
     """Turns any accepted filter spelling into a hashable canonical form.
 
     A bare string is one item (`"kernel"`, not its characters: flax iterates a
     bare string character by character). An empty iterable means every variable,
-    as in flax.
+    as in flax, and so does an empty mapping (`{}`, which flax's own
+    `test_weight_norm_variable_filter` passes); a non-empty mapping is refused,
+    since which of its parts is meant cannot be told.
 
     Raises:
       TypeError: when an item of an iterable is not a string, or the filter is
@@ -35,6 +82,8 @@ def canonical_filter(variable_filter: Any) -> CanonicalFilter:
         return frozenset({variable_filter})
     if callable(variable_filter) and not isinstance(variable_filter, (frozenset, set)):
         return variable_filter
+    if isinstance(variable_filter, Mapping) and not variable_filter:
+        return None
     if isinstance(variable_filter, Mapping) or not isinstance(variable_filter, Iterable):
         raise TypeError(
             "`variable_filter` must be None, a string, an iterable of strings "

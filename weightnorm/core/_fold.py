@@ -10,7 +10,7 @@ import jax
 from ._config import WeightNormConfig
 from ._filters import select
 from ._init import check_finite
-from ._normalize import decompose, normalize, scale_shapes
+from ._normalize import decompose, normalize, scale_shapes, weight_path
 from ._warnings import warn_if_nothing_selected
 
 __all__ = ["fold", "unfold"]
@@ -82,5 +82,5 @@ def unfold(
     """
     scales = decompose(flat, config)
     warn_if_nothing_selected(flat, config)
-    check_finite(flat, [name.rsplit("/", 1)[0] for name in scales], "its scale")
+    check_finite(flat, [weight_path(name) for name in scales], "its scale")
     return dict(flat), scales

@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._config import WeightNormConfig
-from ._normalize import SCALE_SUFFIX, decompose, scale_shapes
+from ._normalize import decompose, scale_shapes, weight_path
 from ._warnings import warn_if_nothing_selected
 
-__all__ = [
-    "CallRecorder",
-    "one_scale_per_layer",
-    "two_scales_error",
-    "init_scales",
-    "data_dependent_scale_bias",
-    "check_finite",
-    "data_init_in_order",
-]
+__all__ = ["KeySource", "init_scales", "needs_key", "data_dependent_scale_bias", "check_finite"]
+
+KeySource: TypeAlias = jax.Array | Callable[[], jax.Array] | None
+"""A PRNG key, a function that draws one (`rngs.params`, `hk.next_rng_key`), or None."""
+
+#: Initializers that take a key but never use it: they need none. flax's
+#: `initializers.ones`/`zeros`/`constant` are these same jax functions.
+_KEYLESS_INITIALIZERS = (jax.nn.initializers.ones, jax.nn.initializers.zeros)
+#: Every `jax.nn.initializers.constant(value)` closure shares this code object.
+_CONSTANT_CODE = jax.nn.initializers.constant(0.0).__code__
+
+
+def needs_key(scale_init: Any) -> bool:
+    """Whether a `scale_init` needs a PRNG key: the one rule of every adapter.
+
+    `"ones"` and `"norm"` never do, nor do jax's `ones`, `zeros` and
+    `constant(value)` initializers (flax's `initializers.ones`, the default
+    of flax's wrappers, is `jax.nn.initializers.ones`), recognised by
+    identity; any other callable does. The rule is decided
+    before calling, never by calling and retrying, so a deterministic
+    `scale_init` leaves every random stream as it was, and a random one that
+    lacks a key is refused with a message, not called.
+
+    Examples:
+      >>> needs_key("norm"), needs_key(jax.nn.initializers.constant(2.0))
+      (False, False)
+      >>> needs_key(jax.nn.initializers.normal(1.0))
+      True
+    """
+    if isinstance(scale_init, str) or getattr(scale_init, "__code__", None) is _CONSTANT_CODE:
+        return False
+    return not any(scale_init is keyless for keyless in _KEYLESS_INITIALIZERS)
 
 
 def check_finite(flat: Mapping[str, Any], paths: Any, what: str) -> None:
@@ -42,7 +65,7 @@ def check_finite(flat: Mapping[str, Any], paths: Any, what: str) -> None:
 
 
 def init_scales(
-    flat: Mapping[str, Any], config: WeightNormConfig, key: jax.Array | None = None
+    flat: Mapping[str, Any], config: WeightNormConfig, key: KeySource = None
 ) -> dict[str, jax.Array]:
     """New scales for every selected variable, as `config.scale_init` says.
 
@@ -61,8 +84,9 @@ def init_scales(
     Args:
       flat: a flat `{path: array}` dict.
       config: the weight-norm settings (`scale_init`, `param_dtype`).
-      key: a PRNG key; may be None when `scale_init` needs no randomness
-        (`"ones"` and `"norm"` never do).
+      key: a PRNG key, or a function that draws one (called once, and only
+        when `scale_init` needs a key, see `needs_key`); may be None when it
+        needs none.
 
     Returns:
       `{"<path>/scale": array}` shaped as `scale_shapes` says, in
@@ -71,7 +95,7 @@ def init_scales(
     Raises:
       ValueError: as `scale_shapes`; for `"norm"`, when a selected variable
         holds NaN or inf; for a callable, when it returns the wrong shape or
-        fails without a key.
+        needs a key and none is given.
       TypeError: for a `flat` or `config` of the wrong type.
 
     Examples:
@@ -89,27 +113,29 @@ def init_scales(
     if config.scale_init == "ones":
         return {name: jnp.ones(shape, config.param_dtype) for name, shape in shapes.items()}
     if config.scale_init == "norm":
-        check_finite(flat, [name[: -len(SCALE_SUFFIX)] for name in shapes], "its norm")
+        check_finite(flat, [weight_path(name) for name in shapes], "its norm")
         return decompose(flat, config)
     return _call_scale_init(shapes, config, key)
 
 
 def _call_scale_init(
-    shapes: Mapping[str, tuple[int, ...]], config: WeightNormConfig, key: jax.Array | None
+    shapes: Mapping[str, tuple[int, ...]], config: WeightNormConfig, key: KeySource
 ) -> dict[str, jax.Array]:
     """A callable `scale_init`'s scales: one call per scale, each with its own key."""
-    keys = [None] * len(shapes) if key is None else list(jax.random.split(key, len(shapes)))
+    if not needs_key(config.scale_init):
+        keys = [None] * len(shapes)
+    else:
+        if callable(key):
+            key = key()
+        if key is None:
+            raise ValueError(
+                f"`scale_init` needs a PRNG key to make {next(iter(shapes))!r}: pass "
+                "`key=jax.random.key(...)`, or use `scale_init='ones'` or `'norm'`."
+            )
+        keys = list(jax.random.split(key, len(shapes)))
     scales = {}
     for (name, shape), scale_key in zip(shapes.items(), keys, strict=True):
-        try:
-            scale = config.scale_init(scale_key, shape, config.param_dtype)
-        except Exception as error:
-            if key is None and _needs_key(config, shape):
-                raise ValueError(
-                    f"`scale_init` needs a PRNG key to make {name!r}: pass "
-                    "`key=jax.random.key(...)`."
-                ) from error
-            raise
+        scale = config.scale_init(scale_key, shape, config.param_dtype)
         if tuple(jnp.shape(scale)) != shape:
             raise ValueError(
                 f"`scale_init` returned shape {tuple(jnp.shape(scale))} for {name!r}, "
@@ -117,15 +143,6 @@ def _call_scale_init(
             )
         scales[name] = scale
     return scales
-
-
-def _needs_key(config: WeightNormConfig, shape: tuple[int, ...]) -> bool:
-    """Whether `scale_init` works with a key where it failed without one."""
-    try:
-        config.scale_init(jax.random.key(0), shape, config.param_dtype)
-    except Exception:
-        return False
-    return True
 
 
 def data_dependent_scale_bias(
@@ -175,108 +192,3 @@ def data_dependent_scale_bias(
     mean = t.mean(axis=0)
     scale = jax.lax.rsqrt(t.var(axis=0) + epsilon)
     return scale, -mean * scale
-
-
-def data_init_in_order(
-    flat: Mapping[str, Any],
-    owners: Mapping[str, str],
-    bias_name: str,
-    run: Callable[[dict[str, Any], set[str]], list[tuple[str, Any]]],
-    *,
-    feature_axis: int,
-    epsilon: float,
-) -> dict[str, Any]:
-    """Data-dependent init of several layers, one after another (for the adapters).
-
-    Args:
-      flat: every parameter of the model, `{path: array}`.
-      owners: `{layer path: path of its scale in flat}` for every wrapped layer.
-      bias_name: the name of a layer's bias; `"<layer path>/<bias_name>"` in
-        `flat` is the layer's bias, if there.
-      run: `(flat, layer paths) -> [(layer path, output), ...]`: runs the model
-        with the parameters `flat` and returns the outputs of the calls of
-        those layers, in call order.
-      feature_axis: the axis of the output features in those outputs.
-      epsilon: added to the variance.
-
-    Returns:
-      `flat` with the scales and biases of the layers set: each layer is
-      initialized on the outputs of the layers called before it, already
-      initialized.
-
-    Raises:
-      ValueError: when a layer is not called, or its scale or bias is not one
-        per output feature.
-    """
-    flat = dict(flat)
-    order = list(dict.fromkeys(layer for layer, _ in run(flat, set(owners))))
-    missing = sorted(set(owners) - set(order))
-    if missing:
-        raise ValueError(f"The wrapped layers {missing} were not called on this batch.")
-    for layer in order:
-        scale_path = owners[layer]
-        bias_path = f"{layer}/{bias_name}" if f"{layer}/{bias_name}" in flat else None
-        old_scale = jnp.asarray(flat[scale_path])
-        flat[scale_path] = jnp.ones_like(old_scale)
-        if bias_path is not None:
-            flat[bias_path] = jnp.zeros_like(flat[bias_path])
-        t = jnp.asarray(run(flat, {layer})[0][1])
-        scale, bias = data_dependent_scale_bias(t, feature_axis=feature_axis, epsilon=epsilon)
-        if old_scale.shape != scale.shape:
-            raise ValueError(
-                f"Data-dependent init needs one scale per output feature, but scale "
-                f"{scale_path!r} has shape {old_scale.shape} and the layer has "
-                f"{scale.shape[0]} output features. Use the layer's output-feature axis "
-                "as `feature_axes` (the default)."
-            )
-        flat[scale_path] = scale.astype(old_scale.dtype)
-        if bias_path is not None:
-            old_bias = jnp.asarray(flat[bias_path])
-            if old_bias.shape != bias.shape:
-                raise ValueError(
-                    f"Bias {bias_path!r} has shape {old_bias.shape}, expected {bias.shape} "
-                    "(one per output feature) for data-dependent init."
-                )
-            flat[bias_path] = bias.astype(old_bias.dtype)
-    return flat
-
-
-class CallRecorder:
-    """Calls a layer and appends `(name, output)` to `calls`.
-
-    The Equinox and NNX `data_dependent_init`s put one in place of each wrapped
-    layer of a per-call copy of the model, to collect its pre-activations in
-    call order.
-    """
-
-    def __init__(self, layer: Any, name: str, calls: list[tuple[str, Any]]) -> None:
-        self.layer, self.name, self.calls = layer, name, calls
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.layer(*args, **kwargs)
-        self.calls.append((self.name, out))
-        return out
-
-
-def two_scales_error(layer: str, first: str, second: str) -> ValueError:
-    """The error for a layer with two normalized params, which data-dependent init refuses."""
-    return ValueError(
-        f"Data-dependent init sets one scale per layer, but layer {layer!r} has two "
-        f"normalized params ({first!r} and {second!r}). Select only its weight (the "
-        "default `variable_filter`)."
-    )
-
-
-def one_scale_per_layer(pairs: Any) -> dict[str, str]:
-    """`{layer path: scale path}` from `(layer path, scale path)` pairs.
-
-    Raises:
-      ValueError: when a layer appears twice (two normalized params), rather
-        than keeping one of its scales and silently leaving the other alone.
-    """
-    owners: dict[str, str] = {}
-    for layer, scale in pairs:
-        if layer in owners:
-            raise two_scales_error(layer, owners[layer], scale)
-        owners[layer] = scale
-    return owners

@@ -14,10 +14,50 @@ from ._filters import matches
 from ._primitive import squared_norm, weight_norm
 from ._tree import check_flat
 
-__all__ = ["scale_shapes", "normalize", "decompose", "SCALE_SUFFIX"]
+__all__ = [
+    "scale_shapes",
+    "normalize",
+    "decompose",
+    "SCALE_SUFFIX",
+    "scale_path",
+    "weight_path",
+    "is_scale_path",
+]
 
 SCALE_SUFFIX = "/scale"
 """Scales are keyed by the variable's path plus this suffix, as in flax."""
+
+
+def scale_path(path: str) -> str:
+    """The key of the scale of the variable at `path`: `path + "/scale"`, as in flax.
+
+    Examples:
+      >>> scale_path("Dense_0/kernel")
+      'Dense_0/kernel/scale'
+    """
+    return path + SCALE_SUFFIX
+
+
+def is_scale_path(key: str) -> bool:
+    """Whether `key` names a scale (ends with `"/scale"` after a variable's path)."""
+    return key.endswith(SCALE_SUFFIX) and len(key) > len(SCALE_SUFFIX)
+
+
+def weight_path(key: str) -> str:
+    """The path of the variable that the scale at `key` scales; the inverse of `scale_path`.
+
+    Raises:
+      ValueError: when `key` is not a scale's key.
+
+    Examples:
+      >>> weight_path("layers/0/weight/scale")
+      'layers/0/weight'
+    """
+    if not is_scale_path(key):
+        raise ValueError(
+            f"{key!r} is not a scale's key: scales are keyed '<variable path>{SCALE_SUFFIX}'."
+        )
+    return key[: -len(SCALE_SUFFIX)]
 
 
 class _Target(NamedTuple):
@@ -32,7 +72,7 @@ class _Target(NamedTuple):
 
     @property
     def scale_key(self) -> str:
-        return self.path + SCALE_SUFFIX
+        return scale_path(self.path)
 
     @property
     def scale_shape(self) -> tuple[int, ...]:
@@ -157,7 +197,7 @@ def _check_scales(
         if got != shape:
             raise ValueError(
                 f"Scale {name!r} has shape {got}, expected {shape} (the sizes of "
-                f"the feature axes of {name[: -len(SCALE_SUFFIX)]!r})."
+                f"the feature axes of {weight_path(name)!r})."
             )
 
 

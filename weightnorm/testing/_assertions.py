@@ -8,8 +8,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import SCALE_SUFFIX, WeightNormConfig, flatten, scale_shapes, select
-from ..core._config import resolve_feature_axes
+from ..core import (
+    SCALE_SUFFIX,
+    WeightNormConfig,
+    flatten,
+    resolve_feature_axes,
+    scale_shapes,
+    select,
+)
 
 __all__ = [
     "default_tolerance",
