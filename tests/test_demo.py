@@ -8,10 +8,11 @@ import sys
 import pytest
 
 from weightnorm import _demo
+from weightnorm.__main__ import main
 
 
 def test_demo_agrees_and_exits_zero(capsys):
-    assert _demo.main(["demo", "--steps", "30", "--quiet"]) == 0
+    assert main(["demo", "--steps", "30", "--quiet"]) == 0
     printed = capsys.readouterr().out
     for framework in ("flax (ref)", "linen", "haiku", "equinox"):
         assert framework in printed
@@ -27,13 +28,13 @@ def test_demo_exits_one_when_a_framework_disagrees(capsys, monkeypatch, error):
         return (lambda p, x: apply(p, x) + error), params
 
     monkeypatch.setattr(_demo, "haiku_model", broken_haiku)
-    assert _demo.main(["demo", "--steps", "2", "--quiet"]) == 1
+    assert main(["demo", "--steps", "2", "--quiet"]) == 1
     assert "DISAGREES" in capsys.readouterr().out
 
 
 def test_demo_rejects_zero_steps(capsys):
     with pytest.raises(SystemExit):
-        _demo.main(["demo", "--steps", "0"])
+        main(["demo", "--steps", "0"])
     assert "must be at least 1" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ and checks the outputs again. Exits with status 1 on disagreement.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -339,20 +340,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weightnorm", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_parser(commands: Any) -> None:
+    """Adds the `demo` command to an argparse subparsers object."""
     demo = commands.add_parser("demo", help="the same weight-normed model in Linen, Haiku, Equinox")
     demo.add_argument(
         "--steps", type=_positive_int, default=300, help="training steps per framework"
     )
     demo.add_argument("--learning-rate", type=float, default=0.2)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    from .port import _cli
 
-    _cli.add_parser(commands)
-    args = parser.parse_args(argv)
-    if args.command == "convert":
-        return _cli.run(args)
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs the demo: 0 when every framework agrees, 1 when one does not, 2 when it cannot run."""
+    try:
+        import equinox  # noqa: F401
+        import flax  # noqa: F401
+        import haiku  # noqa: F401
+    except ImportError as error:
+        print(
+            f"error: the demo needs flax, dm-haiku and equinox ({error.name} is missing): "
+            "pip install 'weightnorm[demo]'",
+            file=sys.stderr,
+        )
+        return 2
     status = run(steps=args.steps, learning_rate=args.learning_rate, quiet=args.quiet)
     return status | run_port()

@@ -78,13 +78,27 @@ def test_unknown_layer_kind_in_the_destination_is_an_error():
 
 
 def test_ambiguous_kind_is_refused_and_kinds_resolves_it():
+    # A square (3, 3, 4) torch weight and a (4, 3, 3) kernel fit both a Conv1d and a
+    # ConvTranspose1d, which move the arrays differently (a transpose and a flip).
     rng = np.random.default_rng(0)
-    state = {"up.weight": rng.standard_normal((3, 2, 4)).astype(np.float32)}
-    like = {"params": {"up": {"kernel": np.zeros((4, 3, 2), np.float32)}}}
-    with pytest.raises(PortError, match=r"'up' \(conv or conv_transpose\)"):
+    state = {"up.weight": rng.standard_normal((3, 3, 4)).astype(np.float32)}
+    like = {"params": {"up": {"kernel": np.zeros((4, 3, 3), np.float32)}}}
+    with pytest.raises(PortError, match=r"'up' and 'up' could each be a conv or a conv_transpose"):
         convert(state, src="torch", dst="linen", like=like)
     out = convert(state, src="torch", dst="linen", like=like, kinds={"up": "conv_transpose"})
     # torch (in, out, k) -> Linen (k, in, out), flipped along k.
+    expected = state["up.weight"].transpose(2, 0, 1)[::-1]
+    np.testing.assert_array_equal(out["params"]["up"]["kernel"], expected)
+
+
+def test_a_kind_only_one_reading_of_the_shapes_fits_is_deduced():
+    # (3, 2, 4) against a (4, 3, 2) kernel fits only a transposed convolution:
+    # as a Conv1d the torch weight would be (out=3, in=2) and the kernel (in=3, out=2).
+    rng = np.random.default_rng(0)
+    state = {"up.weight": rng.standard_normal((3, 2, 4)).astype(np.float32)}
+    like = {"params": {"up": {"kernel": np.zeros((4, 3, 2), np.float32)}}}
+    out, pairings = convert(state, src="torch", dst="linen", like=like, report=True)
+    assert pairings[0].kind == "conv_transpose"
     expected = state["up.weight"].transpose(2, 0, 1)[::-1]
     np.testing.assert_array_equal(out["params"]["up"]["kernel"], expected)
 
@@ -136,7 +150,7 @@ def test_ambiguous_scale_axes_in_linen_are_refused():
         }
     }
     state = {"c.weight": np.ones((4, 3, 3), np.float32)}
-    with pytest.raises(PortError, match=r"Cannot tell the feature axes.*\[\(0,\), \(1,\)\]"):
+    with pytest.raises(PortError, match=r"(?i)cannot tell the feature axes.*\[\(0,\), \(1,\)\]"):
         convert(state, src="torch", dst="linen", like=like, kinds={"c": "conv"})
 
 

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from weightnorm import _demo
+from weightnorm.__main__ import main
 from weightnorm.port import (
     load_checkpoint,
     load_safetensors,
@@ -79,15 +80,13 @@ def test_cli_converts_a_torch_checkpoint_and_prints_the_pairing(tmp_path, capsys
     torch.save(_torch_vocoder().state_dict(), tmp_path / "m.pt")
     out = tmp_path / "m_linen.safetensors"
     args = ["convert", str(tmp_path / "m.pt"), "--to", "linen", "-o", str(out)]
-    assert _demo.main(args) == 2  # two 3-D weights: Conv1d or ConvTranspose1d?
+    assert main(args) == 2  # two 3-D weights: Conv1d or ConvTranspose1d?
     assert "--kind '0=conv_transpose'" in capsys.readouterr().err
-    assert _demo.main([*args, "--kind", "0=embed", "--kind", "2=conv"]) == 2  # does not fit
-    assert "`kinds` says '0' is a 'embed', but its parameters fit only" in capsys.readouterr().err
-    assert _demo.main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
+    assert main([*args, "--kind", "0=embed", "--kind", "2=conv"]) == 2  # does not fit
+    assert "--kind says '0' is a 'embed', but its parameters fit only" in capsys.readouterr().err
+    assert main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
     printed = capsys.readouterr().out
-    assert (
-        "conv_transpose  weight: I O * -> ~* I O, weight norm copied (feature axes (1,))" in printed
-    )
+    assert "weight: I O * -> ~* I O, weight norm copied (feature axes (0,) -> (1,))" in printed
     flat = load_safetensors(out)
     state = _torch_vocoder().state_dict()
     np.testing.assert_array_equal(
@@ -100,9 +99,9 @@ def test_cli_converts_a_torch_checkpoint_and_prints_the_pairing(tmp_path, capsys
 def test_cli_refuses_bad_input_with_a_message(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
     args = ["convert", str(tmp_path / "bad.safetensors"), "--to", "haiku", "-o", "x"]
-    assert _demo.main(args) == 2
-    assert "is not a readable safetensors file" in capsys.readouterr().err
-    assert _demo.main([*args[:-4], "--kind", "x=nonsense", "--to", "haiku", "-o", "x"]) == 2
+    assert main(args) == 2
+    assert "is neither a safetensors file nor a PyTorch checkpoint" in capsys.readouterr().err
+    assert main([*args[:-4], "--kind", "x=nonsense", "--to", "haiku", "-o", "x"]) == 2
 
 
 def test_module_entry_point_lists_convert():
@@ -145,7 +144,7 @@ def test_cli_writes_each_frameworks_names_and_layouts(tmp_path, capsys, dst, key
     torch.save(_torch_vocoder().state_dict(), tmp_path / "m.pt")
     out = tmp_path / "m.safetensors"
     args = ["convert", str(tmp_path / "m.pt"), "--to", dst, "-o", str(out)]
-    assert _demo.main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
+    assert main([*args, "--kind", "0=conv_transpose", "--kind", "1=conv"]) == 0
     flat = load_safetensors(out)
     for key, shape in keys.items():
         assert flat[key].shape == shape, key

@@ -37,7 +37,7 @@ def test_feature_axes_are_read_from_the_wrapper_and_copied_exactly():
     model = _random_wrapper(feature_axes=0)
     like = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(4, 4), dim=1)
     ported, pairings = convert(model, src="nnx", dst="torch", like=like, report=True)
-    assert "weight norm copied (feature axes (1,))" in pairings[0].transform
+    assert "weight norm copied (feature axes (0,) -> (1,))" in pairings[0].transform
     np.testing.assert_allclose(_torch_out(ported), model(jnp.asarray(X)), atol=TOLERANCE, rtol=0)
     weight = ported.parametrizations.weight
     np.testing.assert_array_equal(weight.original1.detach().numpy().T, model.layer_instance.kernel)
@@ -76,9 +76,14 @@ def test_nnx_wrappers_refold_into_linen_wrappers_on_other_axes():
         def __call__(self, x):
             return wl.WeightNorm(nn.Dense(4))(x)
 
+    # The Linen params alone do not say which axis of the square kernel their (4,)
+    # scale is on, and the source's (0,) fits too: refused, not guessed.
     like = Dense().init(jax.random.key(0), X)
-    ported, pairings = convert(model, src="nnx", dst="linen", like=like, report=True)
-    assert "weight norm refolded (feature axes (1,))" in pairings[0].transform
+    with pytest.raises(PortError, match=r"feature axes .* the other side normalizes over \(0,\)"):
+        convert(model, src="nnx", dst="linen", like=like)
+    # The model itself says it: its wrapper's default axis, the last.
+    ported, pairings = convert(model, src="nnx", dst="linen", like=Dense(), example=X, report=True)
+    assert "weight norm refolded (feature axes (0,) -> (1,))" in pairings[0].transform
     np.testing.assert_allclose(
         Dense().apply(ported, X), model(jnp.asarray(X)), atol=TOLERANCE, rtol=0
     )

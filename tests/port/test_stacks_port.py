@@ -8,8 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightnorm.port import convert
-from weightnorm.port._frameworks import read_model
+from weightnorm.port import convert, read_model
 from weightnorm.testing import STACK_FRAMEWORKS, build, inputs, layer_stacks
 
 TOLERANCE = 2e-5  # float32 outputs of small stacks; rounding only
@@ -86,10 +85,13 @@ def test_port_report_names_every_layer_and_transform():
     source, _ = build(stack, "torch")
     like, _ = build(stack, "linen")
     _, pairings = convert(source, src="torch", dst="linen", like=like, report=True)
-    assert [(p.src, p.dst, p.kind) for p in pairings] == [
-        ("0", "Conv_0", "conv"),
-        ("1", "ConvTranspose_0", "conv_transpose"),
-        ("2", "Dense_0", "dense"),
+    assert [(p.src, p.dst, p.kind, p.by) for p in pairings] == [
+        ("0", "layers_0", "conv", "names"),
+        ("1", "layers_1", "conv_transpose", "names"),
+        ("2", "layers_2", "dense", "names"),
     ]
-    assert "weight: O I * -> * I O, weight norm copied (feature axes (2,))" in pairings[0].transform
+    assert (
+        "weight: O I * -> * I O, weight norm copied (feature axes (0,) -> (2,))"
+        in pairings[0].transform
+    )
     assert "weight: I O * -> ~* I O" in pairings[1].transform

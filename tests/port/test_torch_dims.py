@@ -33,13 +33,13 @@ def test_whole_tensor_norm_dim_none():
     ported, pairing = convert(
         linear, src="torch", dst="linen", like=model.init(jax.random.key(0), x), report=True
     )
-    assert "weight norm copied (feature axes ())" in pairing[0].transform
+    assert "weight norm copied (feature axes () -> ())" in pairing[0].transform
     np.testing.assert_allclose(model.apply(ported, x), expected, atol=1e-6)
 
     # Equinox normalizes per output row by default: the port refolds.
     like = we.WeightNorm(eqx.nn.Linear(3, 4, key=jax.random.key(0)))
     ported, pairing = convert(linear, src="torch", dst="equinox", like=like, report=True)
-    assert "refolded (feature axes (0,))" in pairing[0].transform
+    assert "refolded (feature axes () -> (0,))" in pairing[0].transform
     np.testing.assert_allclose(jax.vmap(ported)(x), expected, atol=1e-6)
 
 
@@ -57,7 +57,7 @@ def test_wav2vec2_positional_conv_normalized_per_kernel_tap():
     ported, pairing = convert(
         conv, src="torch", dst="linen", like=model.init(jax.random.key(0), x), report=True
     )
-    assert "weight norm copied (feature axes (0,))" in pairing[0].transform
+    assert "weight norm copied (feature axes (2,) -> (0,))" in pairing[0].transform
     np.testing.assert_allclose(model.apply(ported, x), expected, atol=1e-5)
 
 

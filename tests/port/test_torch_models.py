@@ -91,22 +91,36 @@ def _lrelu(x, slope=0.01):
 
 
 class LinenGenerator(nn.Module):
-    """Layers created in torch's declaration order, so in-order pairing is right."""
+    """Layers named as torch names them, so the port pairs them by name."""
 
     @nn.compact
     def __call__(self, x):  # (batch, length, mels)
-        pre = wl.WeightNorm(nn.Conv(CHANNELS, (7,), padding=[(3, 3)]))
+        pre = wl.WeightNorm(nn.Conv(CHANNELS, (7,), padding=[(3, 3)], name="conv_pre"))
         # feature_axes=-2: the input channel of (k, in, out), as torch's dim=0.
         up = wl.WeightNorm(
-            nn.ConvTranspose(UPSAMPLED, (UP_KERNEL,), (2,), padding=[(2, 2)]), feature_axes=-2
+            nn.ConvTranspose(UPSAMPLED, (UP_KERNEL,), (2,), padding=[(2, 2)], name="ups_0"),
+            feature_axes=-2,
         )
         pad = lambda d: [(d * (KERNEL - 1) // 2,) * 2]  # noqa: E731
         convs1 = [
-            wl.WeightNorm(nn.Conv(UPSAMPLED, (KERNEL,), padding=pad(d), kernel_dilation=(d,)))
-            for d in DILATIONS
+            wl.WeightNorm(
+                nn.Conv(
+                    UPSAMPLED,
+                    (KERNEL,),
+                    padding=pad(d),
+                    kernel_dilation=(d,),
+                    name=f"resblocks_0_convs1_{i}",
+                )
+            )
+            for i, d in enumerate(DILATIONS)
         ]
-        convs2 = [wl.WeightNorm(nn.Conv(UPSAMPLED, (KERNEL,), padding=pad(1))) for _ in DILATIONS]
-        post = wl.WeightNorm(nn.Conv(1, (7,), padding=[(3, 3)]))
+        convs2 = [
+            wl.WeightNorm(
+                nn.Conv(UPSAMPLED, (KERNEL,), padding=pad(1), name=f"resblocks_0_convs2_{i}")
+            )
+            for i in range(len(DILATIONS))
+        ]
+        post = wl.WeightNorm(nn.Conv(1, (7,), padding=[(3, 3)], name="conv_post"))
         x = up(_lrelu(pre(x), 0.1))
         for c1, c2 in zip(convs1, convs2, strict=True):
             x = x + c2(_lrelu(c1(_lrelu(x, 0.1)), 0.1))
@@ -114,19 +128,29 @@ class LinenGenerator(nn.Module):
 
 
 class HaikuGenerator(hk.Module):
+    """Modules named as torch names them (Haiku joins nested names with `/~/`)."""
+
     def __init__(self):
         super().__init__()
         pad = lambda d: [(d * (KERNEL - 1) // 2,) * 2]  # noqa: E731
-        self.pre = wh.WeightNorm(hk.Conv1D(CHANNELS, 7, padding=[(3, 3)]))
+        self.pre = wh.WeightNorm(hk.Conv1D(CHANNELS, 7, padding=[(3, 3)], name="conv_pre"))
         # Haiku's transposed kernel is (k, out, in): the default -1 is the input channel.
-        self.up = wh.WeightNorm(hk.Conv1DTranspose(UPSAMPLED, UP_KERNEL, 2, padding=[(2, 2)]))
+        self.up = wh.WeightNorm(
+            hk.Conv1DTranspose(UPSAMPLED, UP_KERNEL, 2, padding=[(2, 2)], name="ups_0")
+        )
         self.convs1 = [
-            wh.WeightNorm(hk.Conv1D(UPSAMPLED, KERNEL, rate=d, padding=pad(d))) for d in DILATIONS
+            wh.WeightNorm(
+                hk.Conv1D(UPSAMPLED, KERNEL, rate=d, padding=pad(d), name=f"resblocks_0_convs1_{i}")
+            )
+            for i, d in enumerate(DILATIONS)
         ]
         self.convs2 = [
-            wh.WeightNorm(hk.Conv1D(UPSAMPLED, KERNEL, padding=pad(1))) for _ in DILATIONS
+            wh.WeightNorm(
+                hk.Conv1D(UPSAMPLED, KERNEL, padding=pad(1), name=f"resblocks_0_convs2_{i}")
+            )
+            for i in range(len(DILATIONS))
         ]
-        self.post = wh.WeightNorm(hk.Conv1D(1, 7, padding=[(3, 3)]))
+        self.post = wh.WeightNorm(hk.Conv1D(1, 7, padding=[(3, 3)], name="conv_post"))
 
     def __call__(self, x):
         x = self.up(_lrelu(self.pre(x), 0.1))
@@ -264,7 +288,7 @@ def test_hifigan_block_ports_to_nnx_wrappers_and_back_exactly(api):
     assert [p.dst for p in pairings][:2] == ["convs/0/layer_instance", "up/layer_instance"]
     assert all("weight norm copied" in p.transform for p in pairings)
     up = pairings[1].transform
-    assert "weight norm copied (feature axes (1,))" in up  # the wrapper's -2, read from it
+    assert "weight norm copied (feature axes (0,) -> (1,))" in up  # the wrapper's -2, read from it
     # The direction itself, not only the outputs: torch's (in, out, k) as (k, in, out), flipped.
     v = np.flip(_torch_direction(source.ups[0], api).transpose(2, 0, 1), 0)
     np.testing.assert_array_equal(ported.up.layer_instance.kernel[...], v)

@@ -64,7 +64,19 @@ def _split_params(module: Any) -> tuple[Any, Any]:
     The initial values inside `eqx.nn.StateIndex` are state, not parameters,
     so they go with the rest whatever the filter says.
     """
-    return eqx.partition(module, eqx.is_inexact_array, is_leaf=_is_state_index)
+    return eqx.partition(module, _is_inexact, is_leaf=_is_state_index)
+
+
+def _is_array(node: Any) -> bool:
+    """An array, or an array's shape and dtype (in a module from `eqx.filter_eval_shape`)."""
+    return eqx.is_array(node) or isinstance(node, jax.ShapeDtypeStruct)
+
+
+def _is_inexact(node: Any) -> bool:
+    """A floating or complex array, or the shape and dtype of one."""
+    if isinstance(node, jax.ShapeDtypeStruct):
+        return bool(jnp.issubdtype(node.dtype, jnp.inexact))
+    return eqx.is_inexact_array(node)
 
 
 def affine_weights(layer: Any) -> core.PathFilter:
@@ -242,7 +254,9 @@ def _placed(scales: dict[str, Any], shardings: Mapping[str, Any]) -> dict[str, A
 def flatten(module: Any) -> dict[str, Any]:
     """The array leaves of an Equinox module as a flat `{"a/b/c": array}` dict.
 
-    Non-array fields (activations, static settings) are left out. Keys of
+    Non-array fields (activations, static settings) are left out; the
+    `jax.ShapeDtypeStruct` leaves of a module made by `eqx.filter_eval_shape`
+    count as arrays. Keys of
     WeightNorm scales contain '/', so rebuild with `unflatten(flat, like)`.
 
     Examples:
@@ -251,7 +265,7 @@ def flatten(module: Any) -> dict[str, Any]:
       >>> list(flatten(mlp))
       ['layers/0/weight', 'layers/0/bias', 'layers/1/weight', 'layers/1/bias']
     """
-    return core.flatten(eqx.filter(module, eqx.is_array))
+    return core.flatten(eqx.filter(module, _is_array))
 
 
 def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
@@ -270,7 +284,7 @@ def unflatten(flat: Mapping[str, Any], like: Any) -> Any:
       >>> float(abs(zeroed.weight).sum()), zeroed.out_features
       (0.0, 3)
     """
-    arrays, rest = eqx.partition(like, eqx.is_array)
+    arrays, rest = eqx.partition(like, _is_array)
     return eqx.combine(core.unflatten(flat, like=arrays), rest)
 
 

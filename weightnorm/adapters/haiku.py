@@ -267,8 +267,8 @@ def weight_norms(params: Any) -> list[NormalizedWeight]:
 def trace(transformed: Any, *args: Any, params: Any = None, **kwargs: Any) -> ModelTrace:
     """The modules in call order and the weight norms of a transformed function, run abstractly.
 
-    The function runs under `jax.eval_shape` (no computation): `init` on
-    `args` when `params` is None, else `apply(params, None, *args)`. Each
+    The function's `init` runs on `args` under `jax.eval_shape` (no
+    computation; its apply may or may not take an rng). Each
     `WeightNorm` call says which wrapper holds which scales and with which
     feature axes and epsilon.
 
@@ -300,12 +300,10 @@ def trace(transformed: Any, *args: Any, params: Any = None, **kwargs: Any) -> Mo
                 configs[module.module_name] = module.config
         return next_fun(*call_args, **call_kwargs)
 
-    with hk.intercept_methods(interceptor):
-        if params is None:
-            made = jax.eval_shape(lambda: transformed.init(jax.random.key(0), *args, **kwargs))
-            params = made[0] if isinstance(made, tuple) else made
-        else:
-            jax.eval_shape(lambda p: transformed.apply(p, None, *args, **kwargs), params)
+    with hk.intercept_methods(interceptor):  # `init` calls every module `apply` would
+        made = jax.eval_shape(lambda: transformed.init(jax.random.key(0), *args, **kwargs))
+    if params is None:
+        params = made[0] if isinstance(made, tuple) else made
     found = []
     for weight in weight_norms(params):
         config = configs.get(weight.wrapper)

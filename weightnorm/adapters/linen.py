@@ -457,9 +457,8 @@ def _named_weight(flat: Mapping[str, Any], wrapper: tuple[str, ...], key: str) -
 def trace(model: nn.Module, *args: Any, variables: Any = None, **kwargs: Any) -> ModelTrace:
     """The model's modules in call order and its weight norms, read by running it abstractly.
 
-    `model` runs under `jax.eval_shape` (no computation, no memory for
-    weights): `model.init` on `args` when `variables` is None, else
-    `model.apply(variables, *args)`. Every `WeightNorm` call says exactly
+    `model.init` runs on `args` under `jax.eval_shape` (no computation, no
+    memory for weights). Every `WeightNorm` call says exactly
     which module it wraps, so each scale's weight, feature axes and epsilon
     come from the wrapper itself (`weight_norms` from the variables alone
     knows only the names).
@@ -467,7 +466,8 @@ def trace(model: nn.Module, *args: Any, variables: Any = None, **kwargs: Any) ->
     Args:
       model: the Linen module.
       *args: example inputs (arrays or `jax.ShapeDtypeStruct`s).
-      variables: the model's variables, if already made.
+      variables: the model's variables, if already made (the trace then holds
+        them, and reads their structure from the abstract init).
       **kwargs: keyword arguments of the call.
 
     Returns:
@@ -501,11 +501,9 @@ def trace(model: nn.Module, *args: Any, variables: Any = None, **kwargs: Any) ->
         finally:
             stack.pop()
 
-    with nn.intercept_methods(interceptor):
-        if variables is None:
-            variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-        else:
-            jax.eval_shape(lambda v: model.apply(v, *args, mutable=True, **kwargs), variables)
+    with nn.intercept_methods(interceptor):  # `init` calls every module `apply` would
+        made = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+    variables = made if variables is None else variables
     params = variables.get("params", {})
     flat = core.flatten(params)
     found: dict[str, NormalizedWeight] = {}

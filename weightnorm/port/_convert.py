@@ -2,54 +2,64 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import core
-from ..core._config import resolve_feature_axes
-from ..core._layouts import LAYOUTS, from_layout, to_layout
-from ._frameworks import Model, read_model
+from ._checkpoint import Checkpoint
+from ._frameworks import FRAMEWORKS, ModelView, PortError, read_model
 from ._layers import (
     Layer,
-    PortError,
     canonical_axes,
     canonical_shape,
+    essential_axes,
     feature_axes,
-    pairing_class,
     read_layers,
-    shapes_fit,
 )
+from ._layouts import TENSOR, from_layout, to_layout
+from ._pairing import Mapping_, pair_kind, pair_layers
 
-__all__ = ["convert", "convert_models", "Pairing", "format_report"]
-
-#: epsilon inside each framework's weight norm: torch divides by the bare norm.
-_EPSILON = {"torch": 0.0, "linen": 1e-12, "nnx": 1e-12, "haiku": 1e-12, "equinox": 1e-12}
-
-Mapping_ = Mapping[str, str] | Sequence[tuple[str, str]]
+__all__ = ["convert", "load", "port_views", "Pairing", "Plan", "format_report", "Spelling"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Pairing:
-    """One ported layer: where it came from, where it went, and what was done.
+    """One ported layer: where it came from, where it went, how it was paired, what was done.
 
     Attributes:
-      src: the layer's path in the source (torch: dotted module path).
+      src: the layer's path in the source (torch: dotted module path); for a
+        leaf of no known layer kind, the leaf's own path.
       dst: the layer's path in the destination.
-      kind: the layer kind of the layout table (`"conv"`, `"dense"`, ...).
+      kind: the layer kind (`"conv"`, `"dense"`, ...; `"tensor"` for a leaf of
+        no known layer kind, carried over as it is).
       transform: per parameter, the moves made (e.g. `"weight: O I * -> * I O"`),
-        and what became of weight norm (`copied`, `folded`, `decomposed`,
-        `refolded` when the two sides normalize over different axes).
+        what became of weight norm (`copied`, `folded`, `decomposed`,
+        `refolded` when the two sides normalize over different axes, each with
+        the feature axes of both sides) and every dtype change.
+      by: how the pair was found: `"mapping"`, `"names"`, `"shapes"` (the only
+        layers of their kind and shapes) or `"order"`.
     """
 
     src: str
     dst: str
     kind: str
     transform: str
+    by: str = "names"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spelling:
+    """How messages name the options (the Python arguments, or the CLI's flags)."""
+
+    kinds: str = "`kinds={path regex: kind}`"
+    feature_axes: str = "`feature_axes={key regex: axes}`"
 
 
 def format_report(pairings: Sequence[Pairing]) -> str:
@@ -59,17 +69,17 @@ def format_report(pairings: Sequence[Pairing]) -> str:
     `""`) is shown as `(top level)`.
 
     Examples:
-      >>> print(format_report([Pairing("", "Dense_0", "dense", "weight: O I -> I O")]))
-      source       destination  kind   transform
-      (top level)  Dense_0      dense  weight: O I -> I O
+      >>> print(format_report([Pairing("", "Dense_0", "dense", "weight: O I -> I O", "shapes")]))
+      source       destination  kind   by      transform
+      (top level)  Dense_0      dense  shapes  weight: O I -> I O
     """
-    rows = [("source", "destination", "kind", "transform")]
-    rows += [(_shown(p.src), _shown(p.dst), p.kind, p.transform) for p in pairings]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = [("source", "destination", "kind", "by", "transform")]
+    rows += [(_shown(p.src), _shown(p.dst), p.kind, p.by, p.transform) for p in pairings]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
         + "  "
-        + row[3]
+        + row[4]
         for row in rows
     )
 
@@ -78,115 +88,134 @@ def _shown(path: str) -> str:
     return path or "(top level)"
 
 
-def _layers(model: Model) -> tuple[list[Layer], list[str]]:
-    return read_layers(
-        model.flat,
-        model.framework,
-        split=model.split,
-        kind_hints=model.kind_hints,
-        scale_of=model.scale_of,
-        natural_order=model.natural_order,
-        scale_axes=model.scale_axes,
+# --- options ---------------------------------------------------------------------------------
+
+
+def _apply_kinds(
+    sources: list[Layer], targets: list[Layer], kinds: Mapping[str, str] | None, spelling: Spelling
+) -> list[str]:
+    problems = []
+    for pattern, kind in (kinds or {}).items():
+        if kind not in FRAMEWORKS["torch"].layouts:
+            problems.append(
+                f"{spelling.kinds} names {kind!r}, which is not one of "
+                f"{list(FRAMEWORKS['torch'].layouts)}"
+            )
+            continue
+        try:
+            regex = re.compile(pattern)
+        except re.error as error:
+            problems.append(
+                f"{spelling.kinds} rule {pattern!r} is not a regular expression ({error})"
+            )
+            continue
+        matched = [layer for layer in [*sources, *targets] if regex.fullmatch(layer.path)]
+        if not matched:
+            problems.append(f"{spelling.kinds} rule {pattern!r} matches no layer")
+        for layer in matched:
+            if kind not in layer.kinds:
+                problems.append(
+                    f"{spelling.kinds} says {layer.path!r} is a {kind!r}, but its parameters "
+                    f"fit only {list(layer.kinds)}"
+                )
+            else:
+                layer.kinds = (kind,)
+    return problems
+
+
+def _apply_feature_axes(
+    layers: list[Layer], given: Mapping[str, core.FeatureAxes] | None, spelling: Spelling
+) -> list[str]:
+    problems = []
+    for pattern, axes in (given or {}).items():
+        used = False
+        for layer in layers:
+            for param in layer.params.values():
+                if param.scale_key is None or not re.fullmatch(pattern, param.key):
+                    continue
+                used = True
+                resolved = core.resolve_feature_axes(
+                    param.key, param.shape, core.WeightNormConfig(feature_axes=axes).feature_axes
+                )
+                sizes = tuple(param.shape[a] for a in resolved)
+                keepdims = tuple(
+                    param.shape[a] if a in resolved else 1 for a in range(len(param.shape))
+                )
+                if param.scale_shape not in (sizes, keepdims):
+                    problems.append(
+                        f"{spelling.feature_axes} gives {param.key!r} (shape {param.shape}) the "
+                        f"axes {resolved}, but its scale {param.scale_key!r} has shape "
+                        f"{param.scale_shape}"
+                    )
+                param.known_axes = resolved
+        if not used:
+            problems.append(
+                f"{spelling.feature_axes} rule {pattern!r} matches no weight-normed variable"
+            )
+    return problems
+
+
+def _apply_ignore(
+    layers: list[Layer], ignore: Sequence[str] | None
+) -> tuple[list[Layer], list[str]]:
+    """The layers left after dropping the source leaves `ignore` names (a layer goes whole)."""
+    if not ignore:
+        return layers, []
+    kept, dropped, problems = [], [], []
+    for pattern in ignore:
+        if not any(re.fullmatch(pattern, p.key) for layer in layers for p in layer.params.values()):
+            problems.append(f"`ignore` rule {pattern!r} matches no source leaf")
+    for layer in layers:
+        keys = [p.key for p in layer.params.values()]
+        if any(re.fullmatch(pattern, key) for pattern in ignore for key in keys):
+            dropped.append(layer)
+        else:
+            kept.append(layer)
+    return kept, problems
+
+
+# --- the arithmetic of one pair ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _wide_enough(*dtypes: Any) -> Iterator[None]:
+    """64-bit JAX arithmetic while a float64 (or complex128) array is involved."""
+    if any(np.dtype(d).itemsize == 8 and np.dtype(d).kind in "fc" for d in dtypes) or any(
+        np.dtype(d) == np.complex128 for d in dtypes
+    ):
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def _wn_config(axes: tuple[int, ...], epsilon: float, dtype: Any) -> core.WeightNormConfig:
+    return core.WeightNormConfig(
+        epsilon=epsilon, feature_axes=axes or None, variable_filter=None, param_dtype=dtype
     )
 
 
-def _explicit_pairs(
-    mapping: Mapping_ | None, sources: list[Layer], targets: list[Layer]
-) -> list[tuple[Layer, Layer]]:
-    if mapping is None:
-        return []
-    by_path = {layer.path: layer for layer in targets}
-    rules = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping)
-    pairs, problems = [], []
-    for pattern, replacement in rules:
-        used = False
-        for layer in sources:
-            match = re.fullmatch(pattern, layer.path)
-            if match is None:
-                continue
-            used = True
-            target = by_path.get(match.expand(replacement))
-            if target is None:
-                problems.append(
-                    f"{layer.path!r} maps to {match.expand(replacement)!r}, which is not a "
-                    f"destination layer (those are {sorted(by_path)})"
-                )
-            elif any(layer is s or target is t for s, t in pairs):
-                problems.append(f"{layer.path!r} or {target.path!r} is mapped twice")
-            else:
-                pairs.append((layer, target))
-        if not used:
-            problems.append(f"mapping rule {pattern!r} matches no source layer")
-    if problems:
-        raise PortError("The explicit `mapping` does not fit:\n  " + "\n  ".join(problems))
-    return pairs
+def _folded(
+    key: str, v: np.ndarray, g: np.ndarray, axes: tuple[int, ...], epsilon: float
+) -> np.ndarray:
+    """`g * v / ||v||` over all but `axes` (`weightnorm.fold`); `key` names `v` in errors."""
+    with _wide_enough(v.dtype, g.dtype):
+        scale = np.reshape(g, [v.shape[a] for a in axes])
+        config = _wn_config(axes, epsilon, g.dtype)
+        folded = core.fold({key: jnp.asarray(v)}, {core.scale_path(key): scale}, config)
+        return np.asarray(folded[key])
 
 
-def _pair(
-    sources: list[Layer], targets: list[Layer], mapping: Mapping_ | None
-) -> tuple[list[tuple[Layer, Layer]], list[str]]:
-    """Pairs layers of the same kind in model order; explicit rules first."""
-    pairs = _explicit_pairs(mapping, sources, targets)
-    paired = {id(layer) for pair in pairs for layer in pair}
+def _norm(key: str, w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
+    """The scale whose fold gives `w` (`weightnorm.unfold`), size 1 at the reduced axes."""
+    with _wide_enough(w.dtype):
+        _, scales = core.unfold({key: jnp.asarray(w)}, _wn_config(axes, epsilon, w.dtype))
+        shape = [w.shape[a] if a in axes else 1 for a in range(w.ndim)]
+        return np.asarray(scales[core.scale_path(key)]).reshape(shape)
 
-    def key(layer: Layer, kinds: tuple[str, ...]) -> tuple[Any, ...]:
-        return (tuple(sorted({pairing_class(k) for k in kinds})), layer.spatial)
 
-    def resolve(layer: Layer, others: list[Layer]) -> tuple[str, ...]:
-        # A layer whose leaves fit several kinds (a torch 3-D `weight` is a Conv1d
-        # or a ConvTranspose1d) takes the one kind the other model has.
-        if len({pairing_class(k) for k in layer.kinds}) == 1:
-            return layer.kinds
-        # Failing that, the one kind under which some layer of the other model
-        # has the same shapes (a kind no layer could pair with is ruled out).
-        other_keys = {key(o, o.kinds) for o in others}
-        fits = [k for k in layer.kinds if key(layer, (k,)) in other_keys]
-        if len(fits) > 1:
-            fits = [
-                k for k in fits if any(k in o.kinds and shapes_fit(layer, o, k) for o in others)
-            ]
-        return tuple(fits) if len(fits) == 1 else layer.kinds
-
-    queues: dict[tuple[Any, ...], list[Layer]] = {}
-    for layer in sources:
-        if id(layer) not in paired:
-            layer.kinds = resolve(layer, targets)
-            queues.setdefault(key(layer, layer.kinds), []).append(layer)
-    problems = []
-    leftover = []
-    for target in targets:
-        if id(target) in paired:
-            continue
-        target.kinds = resolve(target, sources)
-        queue = queues.get(key(target, target.kinds))
-        if queue:
-            pairs.append((queue.pop(0), target))
-        else:
-            leftover.append(target)
-    ambiguous = [
-        layer
-        for layer in [*sources, *targets]
-        if len({pairing_class(k) for k in layer.kinds}) > 1 and id(layer) not in paired
-    ]
-    if ambiguous:
-        problems.append(
-            "layers whose kind the parameters do not tell: "
-            + ", ".join(f"{layer.path!r} ({' or '.join(layer.kinds)})" for layer in ambiguous)
-            + "; name their kind with `kinds={path regex: kind}`, or pass the model "
-            "itself (a torch nn.Module, an Equinox or NNX module) rather than its params"
-        )
-    unmatched_src = [layer for queue in queues.values() for layer in queue]
-    if unmatched_src:
-        problems.append(
-            "source layers with no destination: "
-            + ", ".join(f"{layer.path!r} ({layer.kind})" for layer in unmatched_src)
-        )
-    if leftover:
-        problems.append(
-            "destination layers with no source: "
-            + ", ".join(f"{layer.path!r} ({layer.kind})" for layer in leftover)
-        )
-    return pairs, problems
+def _canonical_shape(layer: Layer, role: str) -> tuple[int, ...]:
+    return canonical_shape(layer, role, layer.kind) or layer.params[role].shape
 
 
 def _scale_keepdims(layer: Layer, role: str, scale: Any, axes: tuple[int, ...]) -> np.ndarray:
@@ -198,160 +227,355 @@ def _scale_keepdims(layer: Layer, role: str, scale: Any, axes: tuple[int, ...]) 
     return np.reshape(np.asarray(scale), shape)
 
 
-def _canonical(layer: Layer, role: str, value: Any) -> np.ndarray:
+def _to_canonical(layer: Layer, role: str, value: Any) -> np.ndarray:
+    if layer.kind == TENSOR:
+        return np.asarray(value)
     return from_layout(np.asarray(value), layer.canonical(role), layer.layout(role), layer.spatial)
 
 
-def _framework(layer: Layer, role: str, value: Any) -> np.ndarray:
+def _to_framework(layer: Layer, role: str, value: Any) -> np.ndarray:
+    if layer.kind == TENSOR:
+        return np.reshape(value, layer.params[role].shape)  # only size-1 axes differ
     return to_layout(np.asarray(value), layer.canonical(role), layer.layout(role), layer.spatial)
 
 
-def _config(
-    axes: tuple[int, ...], epsilon: float, dtype: Any = jnp.float32
-) -> core.WeightNormConfig:
-    return core.WeightNormConfig(
-        epsilon=epsilon, feature_axes=axes or None, variable_filter=None, param_dtype=dtype
+def _epsilon(view: ModelView, layer: Layer, role: str) -> float:
+    """A wrapper's epsilon where the model records it, else its framework's default."""
+    param = layer.params[role]
+    return FRAMEWORKS[view.framework].epsilon if param.epsilon is None else param.epsilon
+
+
+def _axes_text(layer: Layer, axes: tuple[int, ...] | None) -> str:
+    return "none" if axes is None else f"{axes}"
+
+
+@dataclasses.dataclass
+class _Step:
+    """One destination layer's arrays, from one source layer."""
+
+    src: Layer
+    dst: Layer
+    kind: str
+    by: str
+
+
+_Move = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
+
+
+def _plan_weight_norm(
+    src: Layer, dst: Layer, role: str, source: ModelView, target: ModelView
+) -> tuple[str, _Move, tuple[int, ...] | None]:
+    """What to do with one parameter's weight norm: a note, `(v, g) -> (value, scale)`, and
+    the source's feature axes (None without weight norm).
+
+    Works on canonical-layout arrays; `g` is the source's scale with the
+    direction's rank, or None.
+    """
+    p_src, p_dst = src.params[role], dst.params[role]
+    axes_src = axes_dst = src_axes = dst_axes = None
+    if p_src.scale_key is not None:
+        other = None
+        if p_dst.scale_key is not None and p_dst.known_axes is not None:
+            other = canonical_axes(dst, role, p_dst.known_axes)
+        src_axes = feature_axes(src, role, other)
+        axes_src = canonical_axes(src, role, src_axes)
+    if p_dst.scale_key is not None:
+        dst_axes = feature_axes(dst, role, axes_src)
+        axes_dst = canonical_axes(dst, role, dst_axes)
+    eps_src = None if p_src.scale_key is None else _epsilon(source, src, role)
+    eps_dst = None if p_dst.scale_key is None else _epsilon(target, dst, role)
+    # Copy g and v when both sides reduce over the same axes and neither records an
+    # epsilon the other lacks (torch's 0 against the JAX default 1e-12 copies, and
+    # agrees to rounding); two known, different epsilons refold instead.
+    same_epsilon = p_src.epsilon is None or p_dst.epsilon is None or eps_src == eps_dst
+    same_axes = (
+        axes_src is not None
+        and axes_dst is not None
+        and essential_axes(axes_src, _canonical_shape(src, role))
+        == essential_axes(axes_dst, _canonical_shape(src, role))
     )
+    if same_axes and same_epsilon:
+        note = f"weight norm copied (feature axes {src_axes} -> {dst_axes})"
+        return note, lambda v, g: (v, g), src_axes
+    if axes_src is not None:
+
+        def fold(v: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            w = _folded(p_src.key, v, g, axes_src, eps_src)
+            return w, None if axes_dst is None else _norm(p_src.key, w, axes_dst, eps_dst)
+
+        if axes_dst is None:
+            return f"weight norm folded (feature axes {src_axes})", fold, src_axes
+        return f"weight norm refolded (feature axes {src_axes} -> {dst_axes})", fold, src_axes
+    if axes_dst is not None:
+        note = f"weight norm decomposed (feature axes {dst_axes})"
+        return note, lambda v, g: (v, _norm(p_src.key, v, axes_dst, eps_dst)), None
+    return "", lambda v, g: (v, g), None
 
 
-def _normalized(
-    key: str, v: np.ndarray, g: np.ndarray, axes: tuple[int, ...], epsilon: float
-) -> np.ndarray:
-    """`g * v / ||v||` over all but `axes` (`weightnorm.fold`); `key` names `v` in errors."""
-    scale = np.reshape(g, [v.shape[a] for a in axes])
-    folded = core.fold(
-        {key: jnp.asarray(v)}, {key + core.SCALE_SUFFIX: scale}, _config(axes, epsilon)
-    )
-    return np.asarray(folded[key])
+# --- casting -------------------------------------------------------------------------------
 
 
-def _norm(key: str, w: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    """The scale whose fold gives `w` (`weightnorm.unfold`), size 1 at the reduced axes."""
-    _, scales = core.unfold({key: jnp.asarray(w)}, _config(axes, epsilon, w.dtype))
-    shape = [w.shape[a] if a in axes else 1 for a in range(w.ndim)]
-    return np.asarray(scales[key + core.SCALE_SUFFIX]).reshape(shape)
+def _cast(key: str, value: np.ndarray, dtype: np.dtype, to: str) -> tuple[np.ndarray, str, str]:
+    """`value` as `dtype`: (the array, a note for the report, or a problem)."""
+    value = np.asarray(value)
+    if value.dtype == dtype:
+        return value, "", ""
+    note = f"{key}: {value.dtype} -> {dtype}"
+    floats = np.dtype(value.dtype).kind in "fc" and np.dtype(dtype).kind in "fc"
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = value.astype(dtype)
+    if floats:
+        if np.dtype(value.dtype).kind == "c" and np.dtype(dtype).kind != "c":
+            return cast, note, f"{to} is {dtype}, which cannot hold the complex {key!r}"
+        made = np.isfinite(value.astype(np.complex128 if value.dtype.kind == "c" else np.float64))
+        if (
+            made
+            & ~np.isfinite(cast.astype(np.complex128 if cast.dtype.kind == "c" else np.float64))
+        ).any():
+            return (
+                cast,
+                note,
+                (
+                    f"{to} is {dtype}, which turns finite values of {key!r} ({value.dtype}) into "
+                    "inf or NaN; give the destination a wider dtype"
+                ),
+            )
+        return cast, note, ""
+    with np.errstate(over="ignore", invalid="ignore"):
+        back = cast.astype(value.dtype)
+    if not np.array_equal(back, value, equal_nan=value.dtype.kind in "fc"):
+        return (
+            cast,
+            note,
+            (
+                f"{to} is {dtype}, which changes the values of {key!r} ({value.dtype}); give the "
+                "destination the source's dtype"
+            ),
+        )
+    return cast, note, ""
 
 
-def _epsilon(model: Model, scale_key: str) -> float:
-    """The epsilon of the wrapper holding `scale_key`: its own where known, else the default."""
-    return model.scale_epsilon.get(scale_key, _EPSILON[model.framework])
+# --- the whole port ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plan:
+    """Every destination array and how to make it, checked before anything is computed."""
+
+    source: ModelView
+    target: ModelView
+    steps: list[_Step]
+    pairings: list[Pairing] = dataclasses.field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        return list(self.target.specs)
+
+    def run(self, sink: Callable[[str, np.ndarray], None], progress: Any = None) -> list[Pairing]:
+        """Computes each destination layer in turn and hands each array to `sink`.
+
+        Arrays are read from the source one layer at a time, so a lazily read
+        checkpoint is never held whole.
+
+        Raises:
+          PortError: listing every array whose dtype cannot be changed as asked,
+            or whose weight norm cannot be read; nothing is handed to `sink` for
+            a layer that fails, and the run stops after the first failing layer.
+        """
+        self.pairings = []
+        for step in self.steps:
+            notes, arrays, problems = _port_layer(step, self.source, self.target)
+            if problems:
+                raise PortError(
+                    f"Cannot port {self.source.framework} -> {self.target.framework}:\n  - "
+                    + "\n  - ".join(problems)
+                )
+            for key, value in arrays.items():
+                sink(key, value)
+            self.pairings.append(Pairing(step.src.path, step.dst.path, step.kind, notes, step.by))
+            if progress is not None:
+                progress(sum(a.nbytes for a in arrays.values()))
+        return self.pairings
 
 
 def _port_layer(
-    src: Layer, dst: Layer, source: Model, target: Model, out: dict[str, Any]
-) -> tuple[str, list[str]]:
-    """Writes one destination layer's arrays into `out`; its transform text, or problems."""
-    problems = []
-    roles_src, roles_dst = set(src.params), set(dst.params)
-    for role in sorted(roles_src ^ roles_dst):
-        if role == "count":
-            continue
-        has, lacks = (src, dst) if role in roles_src else (dst, src)
-        problems.append(
-            f"{has.params[role].key!r} has no counterpart in {lacks.path!r} (a "
-            f"{role!r} on one side only)"
-        )
-    notes = []
-    for role in [r for r in LAYOUTS[dst.kind][dst.framework] if r in dst.params and r in roles_src]:
+    step: _Step, source: ModelView, target: ModelView
+) -> tuple[str, dict[str, np.ndarray], list[str]]:
+    src, dst, kind = step.src, step.dst, step.kind
+    src.kinds = dst.kinds = (kind,)
+    notes, problems, out = [], [], {}
+    for role in [r for r in dst.params if r in src.params]:
         p_src, p_dst = src.params[role], dst.params[role]
-        v = _canonical(src, role, source.flat[p_src.key])
-        wanted = canonical_shape(dst, role, dst.kind)
-        if v.shape != wanted:
-            problems.append(
-                f"{p_src.key!r} has shape {p_src.shape} ({v.shape} in torch layout) but "
-                f"{p_dst.key!r} needs {p_dst.shape} ({wanted} in torch layout)"
-            )
+        try:
+            note, weight_norm, src_axes = _plan_weight_norm(src, dst, role, source, target)
+        except PortError as error:
+            problems.append(str(error))
             continue
-        note = f"{role}: {src.layout(role) or '()'} -> {dst.layout(role) or '()'}"
-        g = axes_src = axes_dst = None
-        if p_src.scale_key is not None:
-            try:
-                src_axes = feature_axes(src, role)
-            except PortError:  # a tie the destination's axes may break
-                if p_dst.scale_key is None:
-                    raise
-                other = canonical_axes(dst, role, feature_axes(dst, role))
-                src_axes = feature_axes(src, role, other)
-            g = _canonical(
-                src, role, _scale_keepdims(src, role, source.flat[p_src.scale_key], src_axes)
-            )
-            axes_src = canonical_axes(src, role, src_axes)
-        if p_dst.scale_key is not None:
-            dst_axes = feature_axes(dst, role, axes_src)
-            axes_dst = canonical_axes(dst, role, dst_axes)
-        # Copy g and v when both sides reduce over the same axes and neither records an
-        # epsilon the other lacks (torch's 0 against the JAX default 1e-12 copies, and
-        # agrees to rounding); two known, different epsilons refold instead.
-        same_epsilon = (
-            p_src.scale_key not in source.scale_epsilon
-            or p_dst.scale_key not in target.scale_epsilon
-            or source.scale_epsilon[p_src.scale_key] == target.scale_epsilon[p_dst.scale_key]
+        v = _to_canonical(src, role, source.flat[p_src.key])
+        g = None
+        if src_axes is not None:
+            scale = _scale_keepdims(src, role, source.flat[p_src.scale_key], src_axes)
+            g = _to_canonical(src, role, scale)
+        try:
+            v, g = weight_norm(v, g)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        moves = (
+            ""
+            if kind == TENSOR
+            else f"{role}: {src.layout(role) or '()'} -> {dst.layout(role) or '()'}"
         )
-        if g is not None and axes_dst is not None and axes_src == axes_dst and same_epsilon:
-            note += f", weight norm copied (feature axes {dst_axes})"
-        elif g is not None:
-            v = _normalized(p_src.key, v, g, axes_src, _epsilon(source, p_src.scale_key))
-            g = None
-            note += ", weight norm folded" if axes_dst is None else ", weight norm refolded"
-            note += "" if axes_dst is None else f" (feature axes {dst_axes})"
-        elif axes_dst is not None:
-            note += f", weight norm decomposed (feature axes {dst_axes})"
-        if axes_dst is not None and g is None:
-            g = _norm(p_src.key, v, axes_dst, _epsilon(target, p_dst.scale_key))
-        out[p_dst.key] = _framework(dst, role, v)
+        if kind == TENSOR and p_src.shape != p_dst.shape:
+            moves = f"reshaped {p_src.shape} -> {p_dst.shape}"
+        values = {p_dst.key: _to_framework(dst, role, v)}
         if p_dst.scale_key is not None:
-            g_dst = _framework(dst, role, g)
-            out[p_dst.scale_key] = g_dst.reshape(p_dst.scale_shape)
-        notes.append(note)
-    if "count" in dst.params:
-        p = dst.params["count"]
-        value = source.flat[src.params["count"].key] if "count" in src.params else 0
-        out[p.key] = np.asarray(value, _dtype(target.flat[p.key]))
-    return "; ".join(notes), problems
+            values[p_dst.scale_key] = _to_framework(dst, role, g).reshape(p_dst.scale_shape)
+        for key, value in values.items():
+            cast, cast_note, problem = _cast(
+                key, value, target.specs[key][1], f"the destination {key!r}"
+            )
+            if problem:
+                problems.append(problem)
+            out[key] = np.array(cast)  # a new array: nothing shared with the source
+            if cast_note:
+                note += ("; " if note else "") + cast_note
+        notes.append(", ".join(filter(None, (moves, note))) or "copied")
+    for role in set(src.params) - set(dst.params):
+        if role == "count":
+            notes.append(f"{src.params[role].key} not kept: the destination keeps no step count")
+    for role in set(dst.params) - set(src.params):
+        if role == "count":
+            p = dst.params[role]
+            out[p.key] = np.zeros(p.shape, p.dtype)
+            notes.append(f"{p.key} set to 0: the source keeps no step count")
+    return "; ".join(notes), out, problems
 
 
-def _dtype(like: Any) -> Any:
-    dtype = getattr(like, "dtype", None)
-    return np.asarray(like).dtype if dtype is None else dtype
+def port_views(
+    source: ModelView,
+    target: ModelView,
+    *,
+    mapping: Mapping_ | None = None,
+    kinds: Mapping[str, str] | None = None,
+    feature_axes: Mapping[str, core.FeatureAxes] | None = None,
+    ignore: Sequence[str] | None = None,
+    spelling: Spelling = Spelling(),
+) -> Plan:
+    """Pairs two models' layers and checks that every array can be moved: the plan of a port.
+
+    Raises:
+      PortError: listing every problem at once (layers that do not pair,
+        shapes that differ, kinds or feature axes that cannot be told, dtypes
+        that cannot hold the values).
+    """
+    sources, targets = read_layers(source), read_layers(target)
+    sources, problems = _apply_ignore(sources, ignore)
+    problems += _apply_kinds(sources, targets, kinds, spelling)
+    problems += _apply_feature_axes([*sources, *targets], feature_axes, spelling)
+    pairs, pairing_problems = pair_layers(sources, targets, source, target, mapping)
+    problems += pairing_problems
+    steps = []
+    for src_layer, dst_layer, how in pairs:
+        kind, problem = pair_kind(src_layer, dst_layer)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        for role in sorted(set(src_layer.params) ^ set(dst_layer.params)):
+            if role == "count":
+                continue
+            has, lacks = (
+                (src_layer, dst_layer) if role in src_layer.params else (dst_layer, src_layer)
+            )
+            problems.append(
+                f"{has.params[role].key!r} has no counterpart in {lacks.path!r} (a {role!r} on "
+                "one side only)"
+            )
+        for role in set(src_layer.params) & set(dst_layer.params):
+            s, d = canonical_shape(src_layer, role, kind), canonical_shape(dst_layer, role, kind)
+            if s != d and kind != TENSOR:
+                problems.append(
+                    f"{src_layer.params[role].key!r} has shape {src_layer.params[role].shape} "
+                    f"({s} in torch layout) but {dst_layer.params[role].key!r} needs "
+                    f"{dst_layer.params[role].shape} ({d} in torch layout)"
+                )
+        steps.append(_Step(src_layer, dst_layer, kind, how))
+    if not problems:
+        problems += _check_weight_norms(steps, source, target)
+        filled = {
+            k for step in steps for p in step.dst.params.values() for k in (p.key, p.scale_key) if k
+        }
+        missing = [key for key in target.specs if key not in filled]
+        if missing:
+            problems.append(f"destination leaves left unfilled: {missing}")
+    if problems:
+        raise PortError(
+            f"Cannot port {source.framework} -> {target.framework}:\n  - " + "\n  - ".join(problems)
+        )
+    return Plan(source, target, steps)
 
 
-def _cast_like(value: Any, like: Any) -> Any:
-    return np.asarray(value).astype(_dtype(like), copy=False)
+def _check_weight_norms(steps: list[_Step], source: ModelView, target: ModelView) -> list[str]:
+    """Every weight norm's axes, decided before any array is read (refusals listed at once)."""
+    problems = []
+    for step in steps:
+        step.src.kinds = step.dst.kinds = (step.kind,)
+        for role in set(step.src.params) & set(step.dst.params):
+            try:
+                _plan_weight_norm(step.src, step.dst, role, source, target)
+            except PortError as error:
+                problems.append(str(error))
+    return problems
 
 
 def convert(
     params: Any,
     *,
-    src: str,
+    src: str | None = None,
     dst: str,
     like: Any,
+    example: Any = None,
     mapping: Mapping_ | None = None,
     kinds: Mapping[str, str] | None = None,
     feature_axes: Mapping[str, core.FeatureAxes] | None = None,
+    ignore: Sequence[str] | None = None,
     report: bool = False,
 ) -> Any:
-    """Ports parameters between Linen, NNX, Haiku, Equinox and PyTorch.
+    """Ports parameters between Linen, NNX, Haiku, Equinox and PyTorch, exactly or not at all.
 
-    Layers are recognised with the layout table (`weightnorm.port.LAYOUTS`)
-    and paired in model order, kind by kind, and checked by shape after
-    layout; `mapping` pairs layers explicitly. Every array is renamed,
-    transposed, flipped (transposed convolutions) and reshaped so that the
-    destination computes what the source does. Weight norm travels with its
-    variable: a scale and direction are copied as they are when both sides
-    normalize over the same axes; otherwise a source's `g * v / ||v||` is
-    folded into the weight, and a destination's scale is set to the weight's
-    norm (`weightnorm.decompose`) so that outputs are unchanged. NNX models
-    hold weight norm in `weightnorm.adapters.nnx.WeightNorm` wrappers, whose
-    feature axes and epsilon are read from each wrapper.
+    Layers are recognised with the registry's layouts (`weightnorm.port.LAYOUTS`)
+    and paired by their names first (torch's `a.0.b`, Linen's `a_0/b`, NNX's
+    and Equinox's `a/0/b`, Haiku's `a/~/b` all read alike), then by kind and
+    shapes where only one layer of them is left, then by the models' own
+    order where both have one; anything else is refused with the candidates
+    named. Every array is renamed, transposed, flipped (transposed
+    convolutions) and reshaped so that the destination computes what the
+    source does; leaves of no known layer (buffers, learned scalars) are
+    carried over by name as they are. Weight norm travels with its variable:
+    scale and direction are copied when both sides normalize over the same
+    axes; otherwise a source's `g * v / ||v||` is folded into the weight, and a
+    destination's scale is set to the weight's norm so that outputs are
+    unchanged. Dtypes are kept; a change `like` asks for is made only when it
+    keeps every value finite (floats) or exact (everything else), and is named
+    in the report.
 
     Args:
       params: the source: Linen variables (or a params dict), Haiku params,
-        an Equinox module, an NNX module or state, or a PyTorch state dict
-        (tensors or numpy arrays) or `nn.Module`.
-      src: its framework: `"linen"`, `"nnx"`, `"haiku"`, `"equinox"` or `"torch"`.
+        an Equinox module, an NNX module or state, a PyTorch state dict
+        (tensors or numpy arrays) or `nn.Module`, a `Checkpoint` from
+        `load_checkpoint`, or a `ModelTrace` from `weightnorm.adapters.linen.
+        trace`/`haiku.trace` (a Linen or Haiku model read exactly).
+      src: its framework: `"linen"`, `"nnx"`, `"haiku"`, `"equinox"` or
+        `"torch"`; for a `Checkpoint`, the file says (default).
       dst: the destination framework, as `src`.
       like: a destination model or params of the same architecture; only its
-        structure (and dtypes) are used, never its values.
+        structure and dtypes are used, never its values: variables from
+        `jax.eval_shape(model.init, ...)`, a module from
+        `eqx.filter_eval_shape` or `nnx.eval_shape`, a torch module with
+        either weight-norm API. A Linen module or `hk.transform`ed function
+        with `example=` is traced abstractly, so its call order, module
+        classes and wrappers' feature axes and epsilon are read, not guessed.
+      example: inputs to trace a Linen or Haiku `like` with (an array or a
+        tuple of them; shapes only are used).
       mapping: optional explicit pairing, source layer path -> destination
         layer path: a dict, or a sequence of `(regex, replacement)` rules
         matched in full against source layer paths (`re.fullmatch`, with
@@ -364,134 +588,114 @@ def convert(
         kinds: a custom-named Linen `kernel` of rank 3 is a Conv or a
         ConvTranspose, a torch state dict's 2-D `weight` without bias a Linear
         or an Embedding. Kinds are known without it for Equinox, NNX and torch
-        modules and for auto-named Linen/Haiku layers (`Conv_0`, `linear_1`).
+        modules, traced Linen/Haiku models, default-named Linen/Haiku layers
+        (`Conv_0`, `linear_1`), and files weightnorm wrote.
       feature_axes: optional `{regex: axes}` giving the weight-norm feature
         axes of the variables (flat keys, either side, matched in full) whose
-        Linen or Haiku scale does not say them: those wrappers store only the
-        sizes of the feature axes, so a `(4,)` scale on a `(4, 4)` kernel fits
-        either axis, and without this the framework's default axis is assumed.
-        Axes are in that variable's own layout, as given to its wrapper.
+        Linen or Haiku scale does not say them (a `(4,)` scale on a `(4, 4)`
+        kernel fits either axis). Axes are in that variable's own layout.
+      ignore: regexes of source leaves (flat keys, matched in full) to leave
+        out on purpose (a head the destination does not have); their whole
+        layer is left out.
       report: also return the pairing, a list of `Pairing`s.
 
     Returns:
       `like`'s structure filled with the ported values (a new Equinox or NNX
-      module, a dict for Linen/Haiku/torch state dicts, a copy of a torch
-      module), or `(that, pairings)` when `report=True`.
+      module sharing no variable with `like`; a dict for Linen/Haiku/torch
+      state dicts whose leaves are numpy where `like`'s are, else jax arrays;
+      for a `ModelTrace`, the same trace holding the new variables; for a
+      Linen module or Haiku function with `example=`, its variables; a copy of
+      a torch module), or `(that, pairings)` when `report=True`.
 
     Raises:
-      PortError (a ValueError): listing every unmatched source or destination
-        layer, leaf of no known layer kind, shape conflict, or layer whose kind
-        cannot be told; for `flax.nnx.WeightNorm` (it overwrites its layer's
-        kernel) and NNX wrappers with `use_scale=False`; nothing is returned
-        in part.
+      PortError (a ValueError): listing every layer that cannot be paired,
+        shape conflict, kind or feature axes that cannot be told, dtype that
+        cannot hold the values, leaf left unfilled; for `flax.nnx.WeightNorm`
+        (it overwrites its layer's kernel) and NNX wrappers with
+        `use_scale=False`; nothing is returned in part.
       TypeError: when `params` or `like` is not of the framework named.
       ValueError: naming a direction that holds NaN or inf when it is folded.
 
     Examples:
       >>> import numpy as np
       >>> torch_sd = {"fc.weight": np.ones((3, 2), np.float32), "fc.bias": np.zeros(3, np.float32)}
-      >>> like = {"params": {"Dense_0": {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}}}
+      >>> like = {"params": {"fc": {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}}}
       >>> out, pairs = convert(torch_sd, src="torch", dst="linen", like=like, report=True)
-      >>> out["params"]["Dense_0"]["kernel"].shape, pairs[0].dst
-      ((2, 3), 'Dense_0')
+      >>> out["params"]["fc"]["kernel"].shape, pairs[0].dst, pairs[0].by
+      ((2, 3), 'fc', 'names')
     """
+    if src is None:
+        if not isinstance(params, Checkpoint):
+            raise TypeError("`src` is needed unless `params` is a `Checkpoint` (which says it).")
+        src = params.framework
     source = read_model(params, src, "src")
-    target = read_model(like, dst, "dst")
-    result, pairings = convert_models(source, target, mapping, kinds, feature_axes)
+    target = read_model(like, dst, "dst", example)
+    plan = port_views(
+        source, target, mapping=mapping, kinds=kinds, feature_axes=feature_axes, ignore=ignore
+    )
+    filled: dict[str, np.ndarray] = {}
+    pairings = plan.run(filled.__setitem__)
+    _check_x64(target, filled)
+    result = target.rebuild(filled)
     return (result, pairings) if report else result
 
 
-def _apply_kinds(layers: list[Layer], kinds: Mapping[str, str] | None) -> list[str]:
-    problems = []
-    for pattern, kind in (kinds or {}).items():
-        if kind not in LAYOUTS:
-            problems.append(f"`kinds` names {kind!r}, which is not one of {list(LAYOUTS)}")
-        for layer in layers:
-            if re.fullmatch(pattern, layer.path):
-                if kind not in layer.kinds:
-                    problems.append(
-                        f"`kinds` says {layer.path!r} is a {kind!r}, but its parameters "
-                        f"fit only {list(layer.kinds)}"
-                    )
-                else:
-                    layer.kinds = (kind,)
-    return problems
+def _check_x64(target: ModelView, filled: Mapping[str, np.ndarray]) -> None:
+    """Refuses 64-bit values that a JAX destination would silently store as 32-bit."""
+    if target.framework == "torch" or jax.config.jax_enable_x64:
+        return
+    wide = [
+        key
+        for key, value in filled.items()
+        if value.dtype.itemsize == 8 and value.dtype.kind in "fc"
+    ]
+    wide = [key for key in wide if not isinstance(_leaf(target, key), np.ndarray)]
+    if wide:
+        raise PortError(
+            f"The destination holds 64-bit values at {wide[:5]}{' ...' if len(wide) > 5 else ''}, "
+            "but JAX's x64 mode is off, so they would be stored as 32-bit. Enable it "
+            "(`jax.config.update('jax_enable_x64', True)`), or give `like` 32-bit leaves (the "
+            "change is then named in the report)."
+        )
 
 
-def _apply_feature_axes(
-    layers: list[Layer], given: Mapping[str, core.FeatureAxes] | None
-) -> list[str]:
-    problems = []
-    for pattern, axes in (given or {}).items():
-        used = False
-        for layer in layers:
-            for param in layer.params.values():
-                if param.scale_key is None or not re.fullmatch(pattern, param.key):
-                    continue
-                used = True
-                resolved = resolve_feature_axes(
-                    param.key, param.shape, core.WeightNormConfig(feature_axes=axes).feature_axes
-                )
-                sizes = tuple(param.shape[a] for a in resolved)
-                keepdims = tuple(
-                    param.shape[a] if a in resolved else 1 for a in range(len(param.shape))
-                )
-                if param.scale_shape not in (sizes, keepdims):
-                    problems.append(
-                        f"`feature_axes` gives {param.key!r} (shape {param.shape}) the axes "
-                        f"{resolved}, but its scale {param.scale_key!r} has shape "
-                        f"{param.scale_shape}"
-                    )
-                param.known_axes = resolved
-        if not used:
-            problems.append(f"`feature_axes` rule {pattern!r} matches no weight-normed variable")
-    return problems
+def _leaf(view: ModelView, key: str) -> Any:
+    try:
+        return view.flat[key]
+    except Exception:
+        return None
 
 
-def convert_models(
-    source: Model,
-    target: Model,
-    mapping: Mapping_ | None = None,
-    kinds: Mapping[str, str] | None = None,
-    feature_axes: Mapping[str, core.FeatureAxes] | None = None,
-) -> tuple[Any, list[Pairing]]:
-    """`convert` on the flat views of two models: (the rebuilt target, the pairing)."""
-    src, dst = source.framework, target.framework
-    sources, unknown_src = _layers(source)
-    targets, unknown_dst = _layers(target)
-    problems = _apply_kinds(sources, kinds) + _apply_kinds(targets, kinds)
-    problems += _apply_feature_axes([*sources, *targets], feature_axes)
-    if unknown_src:
-        problems.append(f"source leaves of no layer kind the table knows: {unknown_src}")
-    if unknown_dst:
-        problems.append(f"destination leaves of no layer kind the table knows: {unknown_dst}")
-    pairs, pairing_problems = _pair(sources, targets, mapping)
-    problems += pairing_problems
-    out: dict[str, Any] = {}
-    pairings = []
-    order = {id(layer): i for i, layer in enumerate(sources)}
-    for src_layer, dst_layer in sorted(pairs, key=lambda pair: order[id(pair[0])]):
-        common = [k for k in dst_layer.kinds if k in src_layer.kinds]
-        if not common:
-            problems.append(
-                f"{src_layer.path!r} ({' or '.join(src_layer.kinds)}) is mapped to "
-                f"{dst_layer.path!r} ({' or '.join(dst_layer.kinds)}), a different kind"
-            )
-            continue
-        if len({pairing_class(k) for k in common}) > 1:
-            continue  # reported with the ambiguous layers
-        kind = common[0]
-        src_layer.kinds = dst_layer.kinds = (kind,)
-        transform, layer_problems = _port_layer(src_layer, dst_layer, source, target, out)
-        problems += layer_problems
-        pairings.append(Pairing(src_layer.path, dst_layer.path, kind, transform))
-    missing = [key for key in target.flat if key not in out]
-    if missing and not problems:
-        problems.append(f"destination leaves left unfilled: {missing}")
-    if problems:
-        raise PortError(f"Cannot port {src} -> {dst}:\n  - " + "\n  - ".join(problems))
-    filled = {key: _cast_like(out[key], value) for key, value in target.flat.items()}
-    if dst != "torch":
-        filled = {key: jnp.asarray(value) for key, value in filled.items()}
-    result = target.rebuild(filled)
-    return result, pairings
+def load(
+    path: Any,
+    *,
+    dst: str,
+    like: Any,
+    example: Any = None,
+    **options: Any,
+) -> Any:
+    """A checkpoint file into a model, in one call: `convert(load_checkpoint(path), ...)`.
+
+    The file may be a PyTorch or safetensors file from anywhere (its keys are
+    torch's) or one weightnorm wrote (it says its framework, layer kinds and
+    weight norms). Arrays are read one layer at a time.
+
+    Args:
+      path: the checkpoint file.
+      dst: the destination framework.
+      like: the destination model (see `convert`).
+      example: inputs to trace a Linen or Haiku `like` with.
+      **options: `mapping`, `kinds`, `feature_axes`, `ignore`, `report`, as in `convert`.
+
+    Examples:
+      >>> import numpy as np, tempfile, pathlib
+      >>> from weightnorm.port import save_safetensors
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "fc.safetensors"
+      >>> save_safetensors({"fc.weight": np.ones((3, 2), np.float32)}, path)
+      >>> like = {"params": {"fc": {"kernel": np.zeros((2, 3), np.float32)}}}
+      >>> load(path, dst="linen", like=like)["params"]["fc"]["kernel"].shape
+      (2, 3)
+    """
+    from ._checkpoint import load_checkpoint
+
+    return convert(load_checkpoint(path), dst=dst, like=like, example=example, **options)

@@ -1,57 +1,59 @@
-"""Layers read from a flat dict: which leaves form a layer, its kind, its weight norm."""
+"""A model's leaves grouped into layers: which leaves form a layer, its kind, its weight norm.
+
+Leaves of no layer kind the registry knows (buffers, a learned scalar, Snake's
+`alpha`) become one `tensor` pseudo-layer each: they are carried over by name,
+as they are, never dropped.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..core._layouts import DEFAULT_FEATURE_AXIS, KIND_NAMES, LAYOUTS, axis_names, layout_axes
+from ._frameworks import FRAMEWORKS, ModelView, PortError
+from ._layouts import KIND_SPECS, TENSOR, axis_names, layout_axes
 
 __all__ = [
     "Layer",
     "Param",
     "read_layers",
-    "pairing_class",
-    "PortError",
     "feature_axes",
-    "shapes_fit",
     "canonical_shape",
     "canonical_axes",
+    "shapes_fit",
+    "same_transform",
+    "essential_axes",
 ]
-
-#: Roles a layer may lack without changing what it computes.
-_OPTIONAL = {"bias", "count"}
-_RANK = {"dense": (2,), "embed": (2,), "conv": (3, 4, 5), "conv_transpose": (3, 4, 5)}
-
-
-class PortError(ValueError):
-    """A port that cannot be done exactly; the message lists every offending path."""
 
 
 @dataclasses.dataclass
 class Param:
-    """One parameter (role) of a layer: where it is, its layout, its weight norm."""
+    """One parameter (role) of a layer: where it is, its shape, its weight norm."""
 
     key: str  # the flat key of the array (the direction v when weight-normed)
     shape: tuple[int, ...]
+    dtype: np.dtype
     scale_key: str | None = None  # the flat key of its weight-norm scale g
     scale_shape: tuple[int, ...] | None = None
     known_axes: tuple[int, ...] | None = None  # feature axes, where the model says
+    epsilon: float | None = None  # its wrapper's epsilon, where the model says
 
 
 @dataclasses.dataclass
 class Layer:
-    """One layer of one model: its path, candidate kinds and parameters by role."""
+    """One layer of one model: its module path, candidate kinds and parameters by role."""
 
     path: str
     framework: str
     kinds: tuple[str, ...]
     params: dict[str, Param]
+    order: int | None = None  # its place in the model's own order, where that is known
+    named: str | None = None  # the kind its default module name says (`Conv_3`), if any
+    order_kind: str | None = None  # "declaration" or "call": what `order` counts
 
     @property
     def kind(self) -> str:
@@ -59,187 +61,161 @@ class Layer:
 
     @property
     def spatial(self) -> int:
+        if self.kind == TENSOR:
+            return 0
         return max(len(self.params["weight"].shape) - 2, 0)
 
-    def layout(self, role: str) -> str:
-        return LAYOUTS[self.kind][self.framework][role].layout
+    def layout(self, role: str, kind: str | None = None) -> str:
+        return FRAMEWORKS[self.framework].layouts[kind or self.kind][role].layout
 
-    def canonical(self, role: str) -> str:
-        return LAYOUTS[self.kind]["torch"][role].layout
-
-
-def pairing_class(kind: str) -> str:
-    """The group a layer is paired within, in order.
-
-    Each kind is its own group, even where two kinds store their parameters
-    alike (LayerNorm and GroupNorm): pairing them across kinds by order could
-    silently swap two layers of the same shape.
-    """
-    return kind
+    def canonical(self, role: str, kind: str | None = None) -> str:
+        return FRAMEWORKS["torch"].layouts[kind or self.kind][role].layout
 
 
-def _shape(value: Any) -> tuple[int, ...]:
-    """An array's shape; also of a `jax.ShapeDtypeStruct` (a `like` made by `jax.eval_shape`)."""
-    shape = getattr(value, "shape", None)
-    return tuple(shape) if shape is not None else tuple(np.shape(value))
-
-
-def _natural_key(path: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
-
-
-def _name_kind(framework: str, path: str, sep: str) -> str | None:
-    """The kind an auto-generated module name says (`Conv_3`, `conv1_d_transpose_1`)."""
-    names = KIND_NAMES.get("linen" if framework == "nnx" else framework, {})
-    last = path.split(sep)[-1] if path else ""
-    match = re.fullmatch(r"(.+?)(?:_\d+)?", last)
-    return names.get(match.group(1)) if match else None
-
-
-def _candidate_kinds(framework: str, leaves: Mapping[str, tuple[int, ...]]) -> list[str]:
+def _candidate_kinds(framework: str, leaves: dict[str, tuple[int, ...]]) -> list[str]:
     """Kinds whose leaf names (in `framework`) and ranks fit a group of leaves."""
     found = []
-    for kind, frameworks in LAYOUTS.items():
-        table = frameworks.get(framework)
-        if table is None:
-            continue
+    for kind, table in FRAMEWORKS[framework].layouts.items():
         by_name = {leaf.name: role for role, leaf in table.items()}
         if not set(leaves) <= set(by_name):
             continue
         roles = {by_name[name] for name in leaves}
-        if "weight" not in roles or not set(table) - _OPTIONAL <= roles:
+        if "weight" not in roles or not set(table) - KIND_SPECS[kind].optional <= roles:
             continue
-        rank = len(leaves[table["weight"].name])
-        if rank not in _RANK.get(kind, (1,)):
+        if len(leaves[table["weight"].name]) not in KIND_SPECS[kind].ranks:
             continue
         found.append(kind)
     return found
 
 
-def read_layers(
-    flat: Mapping[str, Any],
-    framework: str,
-    *,
-    split: Callable[[str], tuple[str, str, str | None]],
-    kind_hints: Mapping[str, str],
-    scale_of: Mapping[str, str],
-    natural_order: bool,
-    scale_axes: Mapping[str, tuple[int, ...]] | None = None,
-) -> tuple[list[Layer], list[str]]:
-    """Groups a flat dict into layers.
+def _name_kind(framework: str, path: str) -> str | None:
+    """The kind a default module name says (`Conv_3`, `conv1_d_transpose_1`)."""
+    names = FRAMEWORKS[framework].module_names
+    last = path.split(FRAMEWORKS[framework].separator)[-1] if path else ""
+    match = re.fullmatch(r"(.+?)(?:_\d+)?", last)
+    return names.get(match.group(1)) if match else None
 
-    Args:
-      flat: `{key: array}` of every leaf.
-      framework: whose names and layouts the leaves use.
-      split: key -> (layer path, leaf name, weight-norm part "g"/"v" or None).
-      kind_hints: layer path -> kind, where the model says (module types, names).
-      scale_of: scale key -> key of the variable it scales (JAX wrappers).
-      natural_order: order layers by the natural order of their paths
-        (auto-named Linen/Haiku layers whose dict order was lost).
-      scale_axes: scale key -> feature axes, where the model records them.
 
-    Returns:
-      (layers in model order, keys that belong to no layer the table knows).
-    """
-    scales = {variable: scale for scale, variable in scale_of.items()}
-    groups: dict[str, dict[str, dict[str, str]]] = {}
-    for key in flat:
-        if key in scale_of:
+def read_layers(view: ModelView) -> list[Layer]:
+    """Groups a view's leaves into layers, in the model's order where it has one."""
+    scales = {w.scale for w in view.weight_norms.values() if w.scale is not None}
+    groups: dict[str, dict[str, str]] = {}
+    for key in view.flat:
+        if key in scales:
             continue
-        path, name, part = split(key)
-        groups.setdefault(path, {}).setdefault(name, {})[part or "w"] = key
-    if natural_order:
-        groups = dict(sorted(groups.items(), key=lambda item: _natural_key(item[0])))
-
-    layers, unknown = [], []
+        path, name = view.locate(key)
+        groups.setdefault(path, {})[name] = key
+    layers = []
     for path, leaves in groups.items():
-        shapes = {
-            name: _shape(flat[parts.get("v", parts.get("w"))]) for name, parts in leaves.items()
-        }
-        kinds = _candidate_kinds(framework, shapes)
-        hint = kind_hints.get(path)
+        shapes = {name: view.specs[key][0] for name, key in leaves.items()}
+        kinds = _candidate_kinds(view.framework, shapes)
+        hint = view.kinds.get(path)
         if hint is not None:
-            # The model's own type decides; leaves that do not fit it (an
-            # Equinox BatchNorm, whose statistics are state) are not guessed at.
+            # The model's own class decides; leaves that do not fit it (an Equinox
+            # BatchNorm, whose statistics are state) are not guessed at.
             kinds = [hint] if hint in kinds else []
-        elif len(kinds) > 1:
-            named = _name_kind(framework, path, "." if framework == "torch" else "/")
-            kinds = [named] if named in kinds else kinds
-        malformed = any(set(parts) not in ({"w"}, {"g", "v"}) for parts in leaves.values())
-        if not kinds or malformed:
-            unknown += sorted(key for parts in leaves.values() for key in parts.values())
+        named = _name_kind(view.framework, path) if len(kinds) > 1 else None
+        order = None if view.order is None else view.order.get(path)
+        if not kinds:
+            separator = FRAMEWORKS[view.framework].separator
+            for name, key in leaves.items():
+                layers.append(_tensor(view, key, separator.join(filter(None, (path, name))), order))
             continue
-        table = LAYOUTS[kinds[0]][framework]
+        table = FRAMEWORKS[view.framework].layouts[kinds[0]]
         by_name = {leaf.name: role for role, leaf in table.items()}
         params = {}
-        for name, parts in leaves.items():
-            key = parts.get("v", parts.get("w"))
-            param = Param(key, _shape(flat[key]))
-            scale_key = parts.get("g", scales.get(key))
-            if scale_key is not None:
-                param.scale_key = scale_key
-                param.scale_shape = _shape(flat[scale_key])
-                param.known_axes = (scale_axes or {}).get(scale_key)
+        for name, key in leaves.items():
+            shape, dtype = view.specs[key]
+            param = Param(key, shape, dtype)
+            record = view.weight_norms.get(key)
+            if record is not None and record.scale is not None:
+                param.scale_key = record.scale
+                param.scale_shape = view.specs[record.scale][0]
+                param.known_axes = record.feature_axes
+                param.epsilon = record.epsilon
             params[by_name[name]] = param
-        layers.append(Layer(path, framework, tuple(kinds), params))
-    return layers, unknown
+        layers.append(
+            Layer(path, view.framework, tuple(kinds), params, order, named, view.order_kind)
+        )
+    return layers
+
+
+def _tensor(view: ModelView, key: str, path: str, order: int | None) -> Layer:
+    shape, dtype = view.specs[key]
+    param = Param(key, shape, dtype)
+    record = view.weight_norms.get(key)
+    if record is not None and record.scale is not None:
+        param.scale_key, param.scale_shape = record.scale, view.specs[record.scale][0]
+        param.known_axes, param.epsilon = record.feature_axes, record.epsilon
+    return Layer(path, view.framework, (TENSOR,), {"value": param}, order, None, view.order_kind)
 
 
 def feature_axes(layer: Layer, role: str, other: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """The feature axes a scale's shape implies.
+    """The feature axes of a weight-normed parameter, in its own layout.
 
-    torch keeps the reduced axes (size 1); the JAX wrappers store only the sizes
-    of the feature axes, so several axis choices can fit a shape: the
-    framework's default axis wins, then the output-channel axis, then `other`
-    (the other model's feature axes, in the canonical layout); any other tie is
-    refused.
+    Read exactly where the model says them (torch's `g`, Equinox and NNX
+    wrappers, a traced Linen or Haiku model, a file weightnorm wrote). A Linen
+    or Haiku scale on its own records only the sizes of its axes: when one
+    choice of axes fits, it is taken; when several do, the framework's default
+    is taken only if `other` (the other side's axes, canonical) agrees with it
+    or is unknown, and the choice is refused when the other side states
+    different axes that also fit (wav2vec2's positional conv: hidden size ==
+    kernel size).
+
+    Raises:
+      PortError: when no axes fit, or several fit and the two sides disagree.
     """
     param = layer.params[role]
     if param.known_axes is not None:
         return param.known_axes
     shape, scale = param.shape, tuple(param.scale_shape or ())
-    if layer.framework == "torch":
-        if scale == ():
-            return ()
-        if len(scale) != len(shape):
-            raise PortError(
-                f"Weight-norm scale {param.scale_key!r} has shape {scale}, which does not "
-                f"fit its direction {param.key!r} of shape {shape}: expected the "
-                "direction's rank with size 1 at the reduced axes."
-            )
-        fits = [
-            axis
-            for axis in range(len(shape))
-            if scale[axis] == shape[axis] and all(s == 1 for i, s in enumerate(scale) if i != axis)
-        ]
-        candidates = [(axis,) for axis in fits]
-    else:
-        candidates = [
-            axes
-            for axes in itertools.combinations(range(len(shape)), len(scale))
-            if tuple(shape[a] for a in axes) == scale
-        ]
-    default = DEFAULT_FEATURE_AXIS[layer.framework] % max(len(shape), 1)
-    names = axis_names(layer.layout(role), layer.spatial)
-    output = (names.index("O"),) if "O" in names else None
-    held = layout_axes(layer.canonical(role), layer.layout(role), layer.spatial)
-    mine = None if other is None else tuple(sorted(held.index(a) for a in other))
-    for preferred in ((default,), output, mine):
-        if preferred in candidates:
-            return preferred
-    if len(candidates) == 1:
-        return candidates[0]
-    raise PortError(
-        f"Cannot tell the feature axes of the weight norm of {param.key!r} (shape "
-        f"{shape}) from its scale {param.scale_key!r} (shape {scale}): "
-        + ("no axes fit." if not candidates else f"{candidates} all fit.")
-        + " Give the scale a shape that fits the direction."
+    candidates = [
+        axes
+        for axes in itertools.combinations(range(len(shape)), len(scale))
+        if tuple(shape[a] for a in axes) == scale
+    ]
+    default = (FRAMEWORKS[layer.framework].feature_axis % max(len(shape), 1),)
+    mine = None if other is None else _own_axes(layer, role, other)
+    # Axes of size 1 make no difference (a norm over one element more or less of
+    # size 1 is the same norm): choices alike but for those are one choice.
+    distinct = {essential_axes(axes, shape) for axes in candidates}
+    if len(distinct) == 1:
+        return default if default in candidates else candidates[0]
+    agrees = mine is None or essential_axes(mine, shape) == essential_axes(default, shape)
+    if default in candidates and (agrees or mine not in candidates):
+        return default
+    fix = (
+        f"pass `feature_axes={{{param.key!r}: <axes>}}`, or the model itself (its wrappers "
+        "say their axes: `like=model, example=x`, or `weightnorm.adapters.*.trace`)"
     )
+    if not candidates:
+        raise PortError(
+            f"the weight-norm scale {param.scale_key!r} (shape {scale}) fits no axes of "
+            f"{param.key!r} (shape {shape})"
+        )
+    raise PortError(
+        f"cannot tell the feature axes of the weight norm of {param.key!r} (shape {shape}) from "
+        f"its scale {param.scale_key!r} (shape {scale}): {candidates} all fit"
+        + (f", and the other side normalizes over {mine}" if mine is not None else "")
+        + f"; {fix}"
+    )
+
+
+def essential_axes(axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes among `axes` that make a difference: those of size other than 1."""
+    return tuple(axis for axis in axes if shape[axis] != 1)
+
+
+def _own_axes(layer: Layer, role: str, canonical: tuple[int, ...]) -> tuple[int, ...]:
+    held = layout_axes(layer.canonical(role), layer.layout(role), layer.spatial)
+    return tuple(sorted(held.index(a) for a in canonical if a in held))
 
 
 def canonical_shape(layer: Layer, role: str, kind: str) -> tuple[int, ...] | None:
     """A parameter's shape in the canonical layout if the layer is a `kind` (None: cannot be)."""
-    table = LAYOUTS[kind].get(layer.framework, {})
+    if kind == TENSOR:
+        return layer.params[role].shape
+    table = FRAMEWORKS[layer.framework].layouts.get(kind, {})
     if role not in table:
         return None
     shape = layer.params[role].shape
@@ -247,12 +223,24 @@ def canonical_shape(layer: Layer, role: str, kind: str) -> tuple[int, ...] | Non
     if len(names) != len(shape):
         return None
     sizes = {name: size for name, size in zip(names, shape, strict=True) if name != "1"}
-    canonical = axis_names(LAYOUTS[kind]["torch"][role].layout, layer.spatial)
+    if any(size != 1 for name, size in zip(names, shape, strict=True) if name == "1"):
+        return None
+    canonical = axis_names(layer.canonical(role, kind), layer.spatial)
     return tuple(sizes[name] for name in canonical)
 
 
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size for size in shape if size != 1)
+
+
 def shapes_fit(a: Layer, b: Layer, kind: str) -> bool:
-    """Whether two layers, both read as `kind`, hold parameters of the same canonical shapes."""
+    """Whether two layers, both read as `kind`, hold parameters of the same canonical shapes.
+
+    Tensors fit when their shapes are equal up to size-1 axes (Snake's `alpha` is
+    `(1, C, 1)` in torch and may be `(C,)` elsewhere): such a reshape moves no value.
+    """
+    if kind == TENSOR:
+        return _squeezed(a.params["value"].shape) == _squeezed(b.params["value"].shape)
     common = set(a.params) & set(b.params)
     return all(
         canonical_shape(a, role, kind) is not None
@@ -261,7 +249,27 @@ def shapes_fit(a: Layer, b: Layer, kind: str) -> bool:
     )
 
 
+def same_transform(a: Layer, b: Layer, kinds: list[str]) -> bool:
+    """Whether reading the pair as any of `kinds` moves every array the same way.
+
+    A LayerNorm and a GroupNorm store the same vectors alike, so which of them a
+    pair of name-matched layers is does not matter; a Conv1d and a ConvTranspose1d
+    do not (a flip and a transpose differ).
+    """
+
+    def moves(kind: str) -> tuple[Any, ...]:
+        roles = sorted(set(a.params) & set(b.params))
+        return tuple(
+            (role, a.canonical(role, kind), a.layout(role, kind), b.layout(role, kind))
+            for role in roles
+        )
+
+    return len({moves(kind) for kind in kinds}) == 1
+
+
 def canonical_axes(layer: Layer, role: str, axes: tuple[int, ...]) -> tuple[int, ...]:
     """Feature axes of the framework layout, as axes of the canonical (torch) layout."""
+    if layer.kind == TENSOR:
+        return axes
     held = layout_axes(layer.canonical(role), layer.layout(role), layer.spatial)
     return tuple(sorted(held[axis] for axis in axes if held[axis] is not None))

@@ -20,7 +20,11 @@ from hypothesis import strategies as st
 
 __all__ = ["LayerSpec", "LayerStack", "layer_stacks", "inputs", "build", "STACK_FRAMEWORKS"]
 
-STACK_FRAMEWORKS = ("linen", "haiku", "equinox", "nnx", "torch")
+from ..adapters import ModelTrace
+from ..port import FRAMEWORKS, read_model
+
+#: Every framework a stack is built in: all of the port's registry.
+STACK_FRAMEWORKS = tuple(FRAMEWORKS)
 _KINDS = ("dense", "conv", "conv_transpose")
 
 
@@ -170,8 +174,6 @@ def inputs(stack: LayerStack, batch: int = 2, seed: int = 0) -> np.ndarray:
 
 def _randomized(model: Any, framework: str, seed: int) -> Any:
     """`model` with every floating leaf replaced by random values (scales positive)."""
-    from ..port._frameworks import read_model
-
     view = read_model(model, framework, "framework")
     rng = np.random.default_rng(seed)
     new = {}
@@ -183,19 +185,12 @@ def _randomized(model: Any, framework: str, seed: int) -> Any:
             array = (rng.standard_normal(shape) * 0.5).astype(dtype)
             if key.endswith("scale") or key.endswith("_g") or key.endswith("original0"):
                 array = np.abs(array) + np.asarray(0.5, dtype)
-        new[key] = array if framework == "torch" else _jnp(array)
+        new[key] = array
     return view.rebuild(new)
-
-
-def _jnp(array: np.ndarray) -> Any:
-    import jax.numpy as jnp
-
-    return jnp.asarray(array)
 
 
 def _linen(stack: LayerStack) -> tuple[Any, Callable]:
     import flax.linen as nn
-    import jax
     import jax.numpy as jnp
 
     from ..adapters import linen as wl
@@ -206,8 +201,9 @@ def _linen(stack: LayerStack) -> tuple[Any, Callable]:
             for i, spec in enumerate(stack.layers):
                 kernel = (spec.kernel_size,) * stack.spatial
                 strides = (spec.stride,) * stack.spatial
+                name = f"layers_{i}"  # torch's `layers.{i}`, as the port pairs by names
                 if spec.kind == "dense":
-                    layer = nn.Dense(spec.features, use_bias=spec.use_bias)
+                    layer = nn.Dense(spec.features, use_bias=spec.use_bias, name=name)
                 elif spec.kind == "conv":
                     layer = nn.Conv(
                         spec.features,
@@ -217,6 +213,7 @@ def _linen(stack: LayerStack) -> tuple[Any, Callable]:
                         kernel_dilation=(spec.dilation,) * stack.spatial,
                         feature_group_count=spec.groups,
                         use_bias=spec.use_bias,
+                        name=name,
                     )
                 else:
                     pad = spec.kernel_size - 1 - spec.padding
@@ -226,28 +223,30 @@ def _linen(stack: LayerStack) -> tuple[Any, Callable]:
                         strides,
                         padding=[(pad, pad)] * stack.spatial,
                         use_bias=spec.use_bias,
+                        name=name,
                     )
                 x = (wl.WeightNorm(layer) if spec.weight_norm else layer)(x)
                 x = jnp.tanh(x) if i < len(stack.layers) - 1 else x
             return x
 
     model = Stack()
-    # Shapes only (no compiled initializers): `build` fills in random values.
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(inputs(stack)))
-    return variables, lambda params, x: np.asarray(model.apply(params, x))
+    # Traced abstractly (no compiled initializers): `build` fills in random values, and
+    # the trace says each wrapper's layer, axes and epsilon exactly.
+    traced = wl.trace(model, jnp.asarray(inputs(stack)))
+    return traced, lambda params, x: np.asarray(model.apply(_variables(params), x))
 
 
 def _haiku(stack: LayerStack) -> tuple[Any, Callable]:
     import haiku as hk
-    import jax
     import jax.numpy as jnp
 
     from ..adapters import haiku as wh
 
     def forward(x: Any) -> Any:
         for i, spec in enumerate(stack.layers):
+            name = f"layers_{i}"  # torch's `layers.{i}`, as the port pairs by names
             if spec.kind == "dense":
-                layer = hk.Linear(spec.features, with_bias=spec.use_bias)
+                layer = hk.Linear(spec.features, with_bias=spec.use_bias, name=name)
             elif spec.kind == "conv":
                 layer = hk.ConvND(
                     stack.spatial,
@@ -258,6 +257,7 @@ def _haiku(stack: LayerStack) -> tuple[Any, Callable]:
                     padding=[(spec.padding, spec.padding)] * stack.spatial,
                     feature_group_count=spec.groups,
                     with_bias=spec.use_bias,
+                    name=name,
                 )
             else:
                 pad = spec.kernel_size - 1 - spec.padding
@@ -268,6 +268,7 @@ def _haiku(stack: LayerStack) -> tuple[Any, Callable]:
                     spec.stride,
                     padding=[(pad, pad)] * stack.spatial,
                     with_bias=spec.use_bias,
+                    name=name,
                 )
             if spec.weight_norm:
                 # The default feature axis (-1): for Haiku's transposed kernels
@@ -278,8 +279,13 @@ def _haiku(stack: LayerStack) -> tuple[Any, Callable]:
         return x
 
     model = hk.without_apply_rng(hk.transform(forward))
-    params = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(inputs(stack)))
-    return params, lambda params, x: np.asarray(model.apply(params, x))
+    traced = wh.trace(model, jnp.asarray(inputs(stack)))
+    return traced, lambda params, x: np.asarray(model.apply(_variables(params), x))
+
+
+def _variables(model: Any) -> Any:
+    """A Linen/Haiku model's variables, from a `ModelTrace` or as they are."""
+    return model.variables if isinstance(model, ModelTrace) else model
 
 
 def _equinox(stack: LayerStack) -> tuple[Any, Callable]:
@@ -406,9 +412,10 @@ def _nnx(stack: LayerStack) -> tuple[Any, Callable]:
 
 
 def _torch(stack: LayerStack) -> tuple[Any, Callable]:
-    from ..port._frameworks import import_torch
-
-    torch = import_torch()
+    try:
+        import torch
+    except ImportError as error:  # pragma: no cover - exercised with torch hidden
+        raise ImportError("Building torch stacks needs torch: pip install torch") from error
     nn = torch.nn
     conv = {1: nn.Conv1d, 2: nn.Conv2d}[stack.spatial]
     conv_t = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}[stack.spatial]
@@ -470,9 +477,11 @@ def build(stack: LayerStack, framework: str, seed: int = 0) -> tuple[Any, Callab
 
     Returns:
       `(model, apply)`: `model` is what `weightnorm.port.convert` takes for the
-      framework (Linen variables, Haiku params, an Equinox tuple of layers, an
-      NNX module, a torch module), and `apply(model, x)` maps channels-last
-      inputs to channels-last numpy outputs.
+      framework (for Linen and Haiku a `weightnorm.adapters.ModelTrace` holding
+      the random variables, so the port reads each wrapper exactly; its
+      `.variables` are the plain variables; an Equinox tuple of layers, an NNX
+      module, a torch module), and `apply(model, x)` maps channels-last inputs
+      (and either form of Linen/Haiku model) to channels-last numpy outputs.
 
     Raises:
       ValueError: for an unknown framework.
