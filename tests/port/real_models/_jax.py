@@ -823,17 +823,21 @@ def build(
     )
 
 
-def flat_keys(tree: Any, framework: str) -> list[str]:
-    """The `/`-joined path of every array (or shape) leaf of a `like` (fixture self-checks)."""
+def flat_arrays(tree: Any, framework: str) -> dict[str, Any]:
+    """Every array (or `jax.ShapeDtypeStruct`) leaf of a model of `framework` by `/`-joined path.
+
+    Linen variables and Haiku params: their nested dict keys; Equinox: the
+    attribute path (`jax.tree_util.keystr(..., simple=True, separator="/")`);
+    NNX: the path of each variable of `nnx.state(module)`.
+    """
     if framework == "nnx":
-        state = nnx.state(tree, nnx.Param)
-        return ["/".join(map(str, path)) for path, _ in nnx.to_flat_state(state)]
+        flat = nnx.to_flat_state(nnx.state(tree))
+        return {"/".join(map(str, path)): variable.get_value() for path, variable in flat}
     if framework == "equinox":
-        leaves = jax.tree_util.tree_flatten_with_path(
-            eqx.filter(tree, lambda x: isinstance(x, jax.Array | jax.ShapeDtypeStruct))
-        )[0]
-        return [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in leaves]
-    keys = []
+        arrays = eqx.filter(tree, lambda x: isinstance(x, jax.Array | jax.ShapeDtypeStruct))
+        leaves = jax.tree_util.tree_flatten_with_path(arrays)[0]
+        return {jax.tree_util.keystr(path, simple=True, separator="/"): x for path, x in leaves}
+    flat = {}
 
     def visit(node: Any, prefix: str) -> None:
         for name, child in node.items():
@@ -841,7 +845,12 @@ def flat_keys(tree: Any, framework: str) -> list[str]:
             if isinstance(child, Mapping):
                 visit(child, key)
             else:
-                keys.append(key)
+                flat[key] = child
 
     visit(tree, "")
-    return keys
+    return flat
+
+
+def flat_keys(tree: Any, framework: str) -> list[str]:
+    """The paths of `flat_arrays`, in its order."""
+    return list(flat_arrays(tree, framework))
