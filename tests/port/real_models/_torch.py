@@ -38,6 +38,13 @@ def to_old_api(model: Any) -> Any:
         torch.nn.utils.parametrize.remove_parametrizations(
             module, "weight", leave_parametrized=True
         )
+        # `remove_parametrizations` leaves the new API's load hook that renames
+        # `weight_g`/`weight_v` to `parametrizations.weight.original0/1`: with it the
+        # module could not load its own state dict (torch 2.13).
+        hooks = module._load_state_dict_pre_hooks
+        for handle, hook in list(hooks.items()):
+            if "_weight_norm_compat_hook" in getattr(hook, "__qualname__", repr(hook)):
+                del hooks[handle]
         with warnings.catch_warnings():  # the old API is deprecated
             warnings.simplefilter("ignore", FutureWarning)
             torch.nn.utils.weight_norm(module, name="weight", dim=dim)

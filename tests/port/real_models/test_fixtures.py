@@ -14,9 +14,6 @@ import itertools
 
 import numpy as np
 import pytest
-
-pytest.importorskip("transformers")  # not among the project's test dependencies
-
 import torch
 
 from . import APIS, ARCHITECTURES, FRAMEWORKS, NAMINGS, _torch, validate
