@@ -379,3 +379,56 @@ def test_data_dependent_init_refuses_a_layer_with_two_normalized_params():
     equinox = we.WeightNorm(eqx.nn.Linear(3, 2, key=jax.random.key(0)), variable_filter=None)
     with pytest.raises(ValueError, match=message):
         we.data_dependent_init(equinox, x)
+
+
+# --- data-dependent init keeps no state of its own ------------------------------------------
+
+
+class _EquinoxConvs(eqx.Module):
+    """Channels-first convolutions, whose biases are (out, 1): a vocoder's building block."""
+
+    layers: tuple
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.layers = (
+            we.WeightNorm(eqx.nn.Conv1d(2, 5, 3, padding=1, key=k1)),
+            we.WeightNorm(eqx.nn.Conv1d(5, 3, 3, padding=1, key=k2)),
+        )
+
+    def __call__(self, x):  # (channels, length)
+        return self.layers[1](jnp.tanh(self.layers[0](x)))
+
+
+def test_equinox_data_dependent_init_of_convolutions_standardizes_each_channel():
+    # Equinox conv biases are (out, 1, ...): this raised "Bias ... has shape (5, 1),
+    # expected (5,)" before.
+    batch = jax.random.normal(jax.random.key(3), (32, 2, 10)) * 2.0 + 1.0
+    model = we.data_dependent_init(_EquinoxConvs(jax.random.key(0)), batch)
+    assert model.layers[0].layer.bias.shape == (5, 1)
+    first = jax.vmap(model.layers[0])(batch)  # (batch, channels, length)
+    _moments_are_standard(first.transpose(0, 2, 1).reshape(-1, 5))
+    second = jax.vmap(model)(batch)
+    _moments_are_standard(second.transpose(0, 2, 1).reshape(-1, 3))
+
+
+def test_data_dependent_init_runs_in_several_threads_at_once():
+    # NNX's and Equinox's data inits recorded calls through a module-level list that every
+    # forward call read; two threads at once sometimes failed. Now each records on its own
+    # copy of the model.
+    import concurrent.futures
+
+    def nnx_init(seed):
+        model = wn.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(seed)))
+        return np.asarray(wn.data_dependent_init(model, X).scales["kernel/scale"][...])
+
+    def equinox_init(seed):
+        model = we.WeightNorm(eqx.nn.Linear(4, 3, key=jax.random.key(seed)))
+        return np.asarray(we.data_dependent_init(model, X).scales["weight/scale"])
+
+    for init in (nnx_init, equinox_init):
+        alone = [init(seed) for seed in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            together = list(pool.map(init, range(8)))
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -469,3 +470,44 @@ def test_integer_parameter_selected_by_filter_none_raises_where_flax_casts_it():
     assert theirs["params"]["layer_instance"]["steps"].dtype == jnp.float32  # silently cast
     with pytest.raises(ValueError, match=r"'layer_instance/steps' has dtype int32"):
         wl.WeightNorm(_Counter(), variable_filter=None).init(jax.random.key(0), x)
+
+
+class _Inner(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(x)
+
+
+class _Outer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(_Inner()(nn.Dense(3)(_Inner()(x))))
+
+
+class _Wrapping(nn.Module):
+    """Wraps an `_Outer` made in its compact method, so the layer is named `_Outer_0`."""
+
+    wrapper: Any
+    variable_filter: Any
+
+    @nn.compact
+    def __call__(self, x):
+        return self.wrapper(_Outer(), variable_filter=self.variable_filter)(x)
+
+
+@pytest.mark.parametrize(
+    "variable_filter",
+    [{}, (), None, {"kernel", "bias"}, {"_Outer"}, {"kernel"}, {"_Inner", "kernel"}],
+    ids=["empty-dict", "empty-tuple", "none", "kernel-bias", "outer", "kernel", "inner-kernel"],
+)
+def test_variable_filters_select_what_flax_selects(variable_filter):
+    # An empty dict selects every parameter in flax (its own test passes `{}`); it raised
+    # a TypeError here before.
+    x = jnp.ones((1, 4))
+    ours = _Wrapping(wl.WeightNorm, variable_filter)
+    theirs = _Wrapping(nn.WeightNorm, variable_filter)
+    variables = ours.init(jax.random.key(0), x)
+    expected = theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, expected)
+    assert len(variables["params"]["WeightNorm_0"]) >= 4  # the filter selected something
+    np.testing.assert_array_equal(ours.apply(variables, x), theirs.apply(expected, x))

@@ -180,3 +180,25 @@ def test_a_non_finite_direction_is_refused_when_folded_naming_it():
     state["fc2.weight_v"][1, 2] = np.nan
     with pytest.raises(ValueError, match=r"'fc2\.weight_v' holds NaN or inf"):
         convert(state, src="torch", dst="linen", like=_linen_mlp())
+
+
+def test_the_first_matching_kinds_rule_wins_and_an_unused_rule_is_refused():
+    rng = np.random.default_rng(0)
+    state = {"up.weight": rng.standard_normal((3, 3, 4)).astype(np.float32)}
+    like = {"params": {"up": {"kernel": np.zeros((4, 3, 3), np.float32)}}}
+    # Overlapping rules: the first that matches a layer decides it, as in a routing table.
+    out, pairings = convert(
+        state,
+        src="torch",
+        dst="linen",
+        like=like,
+        kinds={"up": "conv_transpose", ".*": "conv"},
+        report=True,
+    )
+    assert pairings[0].kind == "conv_transpose"
+    expected = state["up.weight"].transpose(2, 0, 1)[::-1]
+    np.testing.assert_array_equal(out["params"]["up"]["kernel"], expected)
+    with pytest.raises(PortError, match=r"rule 'down' matches no layer"):
+        convert(state, src="torch", dst="linen", like=like, kinds={".*": "conv", "down": "conv"})
+    with pytest.raises(PortError, match=r"rule '\(' is not a regular expression"):
+        convert(state, src="torch", dst="linen", like=like, kinds={"(": "conv"})

@@ -86,9 +86,7 @@ def test_folded_weights_are_weight_normed(data):
     config = data.draw(weight_norm_configs(flat)).replace(epsilon=1e-12)
     scales = data.draw(scale_dicts(flat, config, min_value=0.5, max_value=2.0))
     # Away from zero (a drawn -2.0 plus 2.0 was a zero direction, whose norm is ~0).
-    directions = {
-        path: np.abs(np.asarray(value, np.float32)) + 1.0 for path, value in flat.items()
-    }
+    directions = {path: np.abs(np.asarray(value, np.float32)) + 1.0 for path, value in flat.items()}
     folded = weightnorm.fold(directions, scales if config.use_scale else None, config)
     assert_weight_normed(folded, scales, config)
 

@@ -1,8 +1,8 @@
 """Framework-free weight normalization on flat path-keyed dicts.
 
-Imports jax and numpy only, and names no framework. Every adapter
-(`weightnorm.adapters.linen`, `.haiku`, `.equinox`, `.nnx`) maps its framework's
-parameters onto these functions; the names after `unfold` in `__all__` are the
+Imports jax and numpy only, and names no framework. Every adapter in
+`weightnorm.adapters` maps its framework's parameters onto these functions;
+the names after `unfold` in `__all__` are the
 building blocks adapters share (the scale-key convention, the `scale_init` key
 rule, checks and warnings), public so that no adapter reaches into the core's
 private modules.

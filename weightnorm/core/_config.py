@@ -91,7 +91,7 @@ def _check_scale_init(value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class WeightNormConfig:
-    """Every setting of weight normalization, with `flax.linen.WeightNorm`'s defaults.
+    """Every setting of weight normalization, with the usual defaults (docs/formula.md).
 
     The config is frozen and hashable, so it can be a static field of a module
     or a static argument of `jax.jit`. Values are checked and put in a canonical
@@ -102,13 +102,13 @@ class WeightNormConfig:
       epsilon: added to the sum of squares inside the square root:
         `v * rsqrt(sum(v * v) + epsilon)`. Must be >= 0.
       dtype: dtype of the normalized variables; None means the promoted dtype
-        of the variable and its scale (flax's rule).
+        of the variable and its scale.
       param_dtype: dtype of the scales that `init_scales` and `decompose` make.
       use_scale: whether a learnable scale multiplies each normalized variable.
-      scale_init: how `init_scales` makes the scales: `"ones"` (the default,
-        flax's), `"norm"` (each scale is the norm of its variable, so the
+      scale_init: how `init_scales` makes the scales: `"ones"` (the
+        default), `"norm"` (each scale is the norm of its variable, so the
         normalized variable equals the variable and wrapping a layer leaves
-        its function unchanged: torch's and equinox's behaviour), or an
+        its function unchanged), or an
         initializer `(key, shape, dtype) -> array`. For data-dependent
         initialization see `data_dependent_scale_bias` and the adapters'
         `data_dependent_init`.
@@ -118,7 +118,7 @@ class WeightNormConfig:
         scalar scale.
       variable_filter: which variables to normalize: None or an empty iterable
         for every variable, a string or an iterable of strings (a variable is
-        selected when one of them is a substring of its path, flax's rule; a
+        selected when one of them is a substring of its path; a
         bare string is one item), or a predicate on the '/'-joined path.
       stack_axes: how many leading axes index layers of a stack (from
         `nn.scan`/`nn.vmap`, `hk.layer_stack` or `eqx.filter_vmap`) when the

@@ -1,4 +1,4 @@
-"""Which variables get weight-normalized: flax's substring rule, or a predicate."""
+"""Which variables get weight-normalized: the substring rule, or a predicate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ __all__ = ["VariableFilter", "PathFilter", "canonical_filter", "matches", "selec
 VariableFilter = str | Iterable[str] | Callable[[str], bool] | None
 """The spellings a filter may take: `None` (every variable), one string or an
 iterable of strings (a path matches when one of them is a substring of it,
-flax's rule), or a predicate called with the '/'-joined path."""
+the usual rule), or a predicate called with the '/'-joined path."""
 
 # Canonical form: None (every variable), a frozenset of substrings, or a predicate.
 CanonicalFilter = frozenset | Callable[[str], bool] | None
@@ -25,9 +25,8 @@ class PathFilter:
 
     Hashable and equal by value, so a config holding it can be a static field:
     two wrappers built alike compare equal and `jax.jit`/`eqx.filter_jit` reuse
-    their trace. Every adapter uses it where a selection is fixed once (the
-    Equinox default filter, an NNX filter applied when the wrapper is made, the
-    scales read back from a model).
+    their trace. Adapters use it wherever a selection is fixed once (a default
+    filter resolved when a wrapper is made, the weights read back from a model).
 
     Attributes:
       paths: the selected paths, e.g. `frozenset({"layers/0/weight"})`.
@@ -66,11 +65,10 @@ class PathFilter:
 def canonical_filter(variable_filter: Any) -> CanonicalFilter:
     """Turns any accepted filter spelling into a hashable canonical form.
 
-    A bare string is one item (`"kernel"`, not its characters: flax iterates a
-    bare string character by character). An empty iterable means every variable,
-    as in flax, and so does an empty mapping (`{}`, which flax's own
-    `test_weight_norm_variable_filter` passes); a non-empty mapping is refused,
-    since which of its parts is meant cannot be told.
+    A bare string is one item (`"kernel"`, not its characters). An empty
+    iterable means every variable, and so does an empty mapping (`{}`); a
+    non-empty mapping is refused, since which of its parts is meant cannot be
+    told.
 
     Raises:
       TypeError: when an item of an iterable is not a string, or the filter is
@@ -112,7 +110,7 @@ def matches(canonical: CanonicalFilter, path: str) -> bool:
 def select(flat: Mapping[str, Any], variable_filter: VariableFilter) -> list[str]:
     """The paths of `flat` that a variable filter selects, in `flat`'s order.
 
-    The rule is flax's: an item matches a variable when it is a substring of
+    An item matches a variable when it is a substring of
     the variable's path, so `{"kernel"}` selects `"Dense_0/kernel"` and also
     every variable of a module named `"kernel_proj"`. `None` or an empty
     iterable selects every variable; a callable is called with each path.

@@ -18,8 +18,8 @@ __all__ = ["KeySource", "init_scales", "needs_key", "data_dependent_scale_bias",
 KeySource: TypeAlias = jax.Array | Callable[[], jax.Array] | None
 """A PRNG key, a function that draws one (`rngs.params`, `hk.next_rng_key`), or None."""
 
-#: Initializers that take a key but never use it: they need none. flax's
-#: `initializers.ones`/`zeros`/`constant` are these same jax functions.
+#: Initializers that take a key but never use it: they need none (frameworks
+#: that re-export jax's initializers re-export these same functions).
 _KEYLESS_INITIALIZERS = (jax.nn.initializers.ones, jax.nn.initializers.zeros)
 #: Every `jax.nn.initializers.constant(value)` closure shares this code object.
 _CONSTANT_CODE = jax.nn.initializers.constant(0.0).__code__
@@ -29,9 +29,8 @@ def needs_key(scale_init: Any) -> bool:
     """Whether a `scale_init` needs a PRNG key: the one rule of every adapter.
 
     `"ones"` and `"norm"` never do, nor do jax's `ones`, `zeros` and
-    `constant(value)` initializers (flax's `initializers.ones`, the default
-    of flax's wrappers, is `jax.nn.initializers.ones`), recognised by
-    identity; any other callable does. The rule is decided
+    `constant(value)` initializers, recognised by identity; any other
+    callable does. The rule is decided
     before calling, never by calling and retrying, so a deterministic
     `scale_init` leaves every random stream as it was, and a random one that
     lacks a key is refused with a message, not called.
@@ -69,12 +68,11 @@ def init_scales(
 ) -> dict[str, jax.Array]:
     """New scales for every selected variable, as `config.scale_init` says.
 
-    - `"ones"` (default, flax's): every scale is 1.
+    - `"ones"` (default): every scale is 1.
     - `"norm"`: every scale is its variable's norm, `sqrt(sum(|v|^2) + epsilon)`
       over the non-feature axes (as `decompose` computes it), so
       `normalize(flat, scales, config)` gives back `flat` up to rounding:
-      wrapping a layer leaves its function unchanged (torch's and equinox's
-      behaviour). Needs concrete, finite variables.
+      wrapping a layer leaves its function unchanged. Needs concrete, finite variables.
     - a callable `(key, shape, dtype) -> array`: called once per scale, each
       with its own key split from `key` in `flat`'s order.
 

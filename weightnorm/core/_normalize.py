@@ -25,11 +25,11 @@ __all__ = [
 ]
 
 SCALE_SUFFIX = "/scale"
-"""Scales are keyed by the variable's path plus this suffix, as in flax."""
+"""Scales are keyed by the variable's path plus this suffix."""
 
 
 def scale_path(path: str) -> str:
-    """The key of the scale of the variable at `path`: `path + "/scale"`, as in flax.
+    """The key of the scale of the variable at `path`: `path + "/scale"`.
 
     Examples:
       >>> scale_path("Dense_0/kernel")
@@ -142,7 +142,7 @@ def scale_shapes(flat: Mapping[str, Any], config: WeightNormConfig) -> dict[str,
     """The shape of the scale of every selected variable.
 
     A scale has one entry per feature: its shape is the variable's sizes at the
-    feature axes, in sorted axis order (flax's shapes). `feature_axes=None`
+    feature axes, in sorted axis order. `feature_axes=None`
     gives a scalar scale `()`. With `use_scale=False` there are no scales.
 
     Args:
@@ -202,7 +202,7 @@ def _check_scales(
 
 
 def _result_dtype(config: WeightNormConfig, *arrays: jax.Array) -> Any:
-    """flax's `canonicalize_dtype`: the given dtype, else the promoted inexact one."""
+    """The given dtype, else the promoted inexact one of the arrays."""
     if config.dtype is not None:
         return config.dtype
     return jnp.result_type(*arrays)
@@ -229,8 +229,9 @@ def normalize(
     `scale * v * rsqrt(sum(|v|^2 over the non-feature axes) + epsilon)`
     (without `scale` when `use_scale=False`), cast to `config.dtype` or, when
     that is None, to the promoted dtype of `v` and its scale. For real arrays
-    the operations and their order are flax's, so results are bitwise equal to
-    `flax.linen.WeightNorm`'s. Other variables are returned untouched.
+    the operations and their order are the reference ones (docs/formula.md
+    says which libraries that makes it bitwise equal to). Other variables are
+    returned untouched.
 
     Args:
       flat: a flat `{path: array}` dict: the directions `v`.

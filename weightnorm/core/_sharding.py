@@ -29,7 +29,7 @@ def scale_partition_spec(kernel_names: AxisNames | None, kept_axes: Sequence[int
 
     Args:
       kernel_names: the variable's `PartitionSpec`, or any per-axis sequence of
-        names (Flax's `nn.with_partitioning` mesh names or
+        names (mesh axis names or
         `nn.with_logical_partitioning` logical names); it may be shorter than
         the array (missing trailing entries mean unsharded). None means
         replicated.
@@ -60,7 +60,7 @@ def scale_partition_specs(
 ) -> dict[str, Any]:
     """The partitioning of every scale of `flat`, from its variables' partitionings.
 
-    Use it to shard the scales of Haiku or Equinox parameters (e.g. to build
+    Use it to shard the scales of parameters held outside any wrapper (e.g. to build
     `out_shardings` or a `device_put` tree) the same way as their kernels.
 
     Args:

@@ -42,8 +42,8 @@ def _keyed_leaves(tree: Any, sep: str) -> tuple[list[tuple[str, Any]], Any]:
 def flatten(tree: Any, sep: str = "/") -> dict[str, Any]:
     """Flattens a nested parameter tree into a dict keyed by `sep`-joined paths.
 
-    Works on any JAX pytree: nested dicts, Flax `FrozenDict`s, Haiku's two-level
-    `{"module/~/name": {"w": ...}}` dicts, lists and tuples, Equinox modules.
+    Works on any JAX pytree: nested dicts and frozen dicts, two-level
+    `{"module/~/name": {"w": ...}}` dicts, lists and tuples, pytree modules.
     Keys come out in the tree's own (JAX) order. Leaves are kept as they are, and
     `None` leaves and empty containers hold no leaf, so they give no key.
 

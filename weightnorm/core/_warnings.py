@@ -15,7 +15,7 @@ __all__ = ["NoVariableSelectedWarning", "warn_if_nothing_selected"]
 class NoVariableSelectedWarning(UserWarning):
     """The variable filter of a weight norm selects none of the variables.
 
-    flax silently normalizes nothing in that case; weightnorm warns once per
+    Rather than silently normalizing nothing, weightnorm warns once per
     wrapper (when its scales are made), so a misspelled filter is noticed.
     Silence it with `warnings.filterwarnings("ignore", category=NoVariableSelectedWarning)`.
     """
@@ -32,8 +32,8 @@ def warn_if_nothing_selected(
     warnings.warn(
         f"`variable_filter` {config.variable_filter!r} selects none of the variables "
         f"{shown}{more}, so nothing is weight-normalized. A string item selects the "
-        "variables whose '/'-joined path contains it (e.g. 'kernel' for Linen, 'w' "
-        "for Haiku, 'weight' for Equinox); None selects every variable.",
+        "variables whose '/'-joined path contains it (one of the names shown); None "
+        "selects every variable.",
         NoVariableSelectedWarning,
         stacklevel=stacklevel,
     )

@@ -26,7 +26,16 @@ from ._layers import (
 from ._layouts import TENSOR, from_layout, to_layout
 from ._pairing import Mapping_, pair_kind, pair_layers
 
-__all__ = ["convert", "load", "port_views", "Pairing", "Plan", "format_report", "Spelling"]
+__all__ = [
+    "convert",
+    "load",
+    "port_views",
+    "apply_kinds",
+    "Pairing",
+    "Plan",
+    "format_report",
+    "Spelling",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +100,17 @@ def _shown(path: str) -> str:
 # --- options ---------------------------------------------------------------------------------
 
 
-def _apply_kinds(
-    sources: list[Layer], targets: list[Layer], kinds: Mapping[str, str] | None, spelling: Spelling
+def apply_kinds(
+    layers: list[Layer], kinds: Mapping[str, str] | None, spelling: Spelling = Spelling()
 ) -> list[str]:
-    problems = []
+    """Narrows each layer's kinds to the first `kinds` rule matching its path, in full.
+
+    The first matching rule wins (later ones do not apply to that layer, as in a
+    routing table); a rule that matches no layer at all, names no kind, is no
+    regular expression, or names a kind the layer's parameters do not fit is a
+    problem.
+    """
+    problems, compiled = [], []
     for pattern, kind in (kinds or {}).items():
         if kind not in FRAMEWORKS["torch"].layouts:
             problems.append(
@@ -103,16 +119,18 @@ def _apply_kinds(
             )
             continue
         try:
-            regex = re.compile(pattern)
+            compiled.append((pattern, re.compile(pattern), kind))
         except re.error as error:
             problems.append(
                 f"{spelling.kinds} rule {pattern!r} is not a regular expression ({error})"
             )
-            continue
-        matched = [layer for layer in [*sources, *targets] if regex.fullmatch(layer.path)]
-        if not matched:
-            problems.append(f"{spelling.kinds} rule {pattern!r} matches no layer")
-        for layer in matched:
+    used = {
+        pattern for pattern, regex, _ in compiled if any(regex.fullmatch(x.path) for x in layers)
+    }
+    for layer in layers:
+        for _, regex, kind in compiled:
+            if not regex.fullmatch(layer.path):
+                continue
             if kind not in layer.kinds:
                 problems.append(
                     f"{spelling.kinds} says {layer.path!r} is a {kind!r}, but its parameters "
@@ -120,6 +138,12 @@ def _apply_kinds(
                 )
             else:
                 layer.kinds = (kind,)
+            break
+    problems += [
+        f"{spelling.kinds} rule {pattern!r} matches no layer"
+        for pattern, _, _ in compiled
+        if pattern not in used
+    ]
     return problems
 
 
@@ -470,7 +494,7 @@ def port_views(
     """
     sources, targets = read_layers(source), read_layers(target)
     sources, problems = _apply_ignore(sources, ignore)
-    problems += _apply_kinds(sources, targets, kinds, spelling)
+    problems += apply_kinds([*sources, *targets], kinds, spelling)
     problems += _apply_feature_axes([*sources, *targets], feature_axes, spelling)
     pairs, pairing_problems = pair_layers(sources, targets, source, target, mapping)
     problems += pairing_problems

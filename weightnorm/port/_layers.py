@@ -254,13 +254,18 @@ def same_transform(a: Layer, b: Layer, kinds: list[str]) -> bool:
 
     A LayerNorm and a GroupNorm store the same vectors alike, so which of them a
     pair of name-matched layers is does not matter; a Conv1d and a ConvTranspose1d
-    do not (a flip and a transpose differ).
+    do not (a flip and a transpose differ), unless both sides use one layout (a
+    port within one framework moves nothing). With `a is b`, whether the kinds'
+    canonical layouts and the layer's own agree.
     """
 
     def moves(kind: str) -> tuple[Any, ...]:
         roles = sorted(set(a.params) & set(b.params))
         return tuple(
-            (role, a.canonical(role, kind), a.layout(role, kind), b.layout(role, kind))
+            # The same layout on both sides moves nothing, whatever the kind says it holds.
+            (role, "as it is")
+            if a is not b and a.layout(role, kind) == b.layout(role, kind)
+            else (role, a.canonical(role, kind), a.layout(role, kind), b.layout(role, kind))
             for role in roles
         )
 
