@@ -19,12 +19,14 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
 
 from weightnorm import core
 from weightnorm.adapters import equinox as weq
 from weightnorm.adapters import haiku as whk
 from weightnorm.adapters import linen as wln
+from weightnorm.adapters import nnx as wnx
 
 LEARNING_RATE = 1e-3
 EPSILON = 1e-12
@@ -47,6 +49,10 @@ class Case:
         if self.kind == "mlp":
             return (self.width, self.width)
         return (self.kernel_size, self.width, self.width)
+
+    def weight_bytes(self) -> int:
+        """Bytes of all kernels (float32): one copy of the weights."""
+        return self.depth * int(np.prod(self.kernel_shape())) * 4
 
     def input_shape(self) -> tuple[int, ...]:
         if self.kind == "mlp":
@@ -308,6 +314,70 @@ def equinox_variants(case: Case, layers) -> list[Variant]:
     return out
 
 
+# --- Flax NNX ------------------------------------------------------------------------
+
+
+class _NnxModel(nnx.Module):
+    def __init__(self, case: Case, layers: list[nnx.Module]) -> None:
+        self.case = case
+        self.layers = nnx.List(layers)
+
+    def __call__(self, x):
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = _activation(self.case, h, layer(h), i == self.case.depth - 1)
+        return h
+
+
+def _nnx_layer(case: Case, params: dict[str, np.ndarray], plain: bool) -> nnx.Module:
+    """An NNX layer holding the shared weights (NNX's layouts are Linen's)."""
+    rngs = nnx.Rngs(0)
+    if case.kind == "mlp":
+        layer = nnx.Linear(case.width, case.width, rngs=rngs)
+    else:
+        layer = nnx.Conv(case.width, case.width, (case.kernel_size,), padding="SAME", rngs=rngs)
+    layer.kernel.set_value(jnp.asarray(params["w" if plain else "v"]))
+    layer.bias.set_value(jnp.asarray(params["b"]))
+    return layer
+
+
+def _flax_nnx_weight_norm(case: Case, params: dict[str, np.ndarray]) -> nnx.Module:
+    wrapper = nnx.WeightNorm(_nnx_layer(case, params, False), epsilon=EPSILON, rngs=nnx.Rngs(0))
+    wrapper.scales[("kernel",)] = jnp.asarray(params["g"])  # a plain array in a dict
+    return wrapper
+
+
+def _our_nnx_weight_norm(case: Case, params: dict[str, np.ndarray]) -> nnx.Module:
+    wrapper = wnx.WeightNorm(_nnx_layer(case, params, False), epsilon=EPSILON)
+    wrapper.scales["kernel/scale"].set_value(jnp.asarray(params["g"]))
+    return wrapper
+
+
+def nnx_variants(case: Case, layers) -> list[Variant]:
+    """NNX's functional API: `jax.jit` over the split state, the model merged in the loss.
+
+    `flax.nnx.WeightNorm` writes the normalized kernel into its layer on every
+    call; merged afresh in the loss, that write is dropped with the merged
+    module, so it trains the raw directions like every other variant here.
+    """
+    out = []
+    for name, make in [
+        ("plain", lambda p: _nnx_layer(case, p, True)),
+        ("flax WeightNorm", lambda p: _flax_nnx_weight_norm(case, p)),
+        ("ours", lambda p: _our_nnx_weight_norm(case, p)),
+    ]:
+        graphdef, state = nnx.split(_NnxModel(case, [make(p) for p in layers]))
+        # The step takes the state's arrays as a list: an `nnx.State` of Variables
+        # would add a Python-level pytree flatten to every call's dispatch.
+        leaves, treedef = jax.tree.flatten(state)
+
+        def loss(leaves, x, t, graphdef=graphdef, treedef=treedef):
+            return _mse(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(x), t)
+
+        out.append(Variant("nnx", name, name != "plain", _sgd(loss), leaves))
+    return out
+
+
 def all_variants(case: Case, seed: int = 0) -> tuple[list[Variant], Any, Any]:
     """Every variant of `case`, and the batch `(x, target)` they train on."""
     layers, x, target = shared_weights(case, seed)
@@ -316,5 +386,6 @@ def all_variants(case: Case, seed: int = 0) -> tuple[list[Variant], Any, Any]:
         *linen_variants(case, layers, x),
         *haiku_variants(case, layers, x),
         *equinox_variants(case, layers),
+        *nnx_variants(case, layers),
     ]
     return variants, x, target

@@ -8,6 +8,10 @@ transposes it for `grad`, the only arrays it keeps from the forward pass are
 the plain formula instead keeps `v / ||v||` and other weight-sized
 intermediates. Being a JVP rule, forward mode (`jax.jvp`, `jax.jacfwd`,
 Hessians) works too.
+
+The rule is called through a `jax.jit` (`_weight_norm_scaled`,
+`_weight_norm_unscaled`), so that a model of many layers of one shape traces
+it once, not once per layer; see the comment there.
 """
 
 from __future__ import annotations
@@ -162,6 +166,86 @@ def _unscaled_jvp(reduction_axes, epsilon, out_dtype, primals, tangents):
     return out, _tangent(value, None, inverse, d_value, None, reduction_axes, out_dtype)
 
 
+# Tracing the rule once per distinct call, not once per layer.
+#
+# A model calls `weight_norm` once per layer, mostly with the same shapes, dtypes and
+# settings. Called directly, the custom-JVP rule is traced at every layer: its primal
+# body, and under `grad` its JVP rule, then the linearization and transpose of what that
+# emits, each in Python, every layer again. Under `jax.jit` JAX traces it once per
+# distinct cache key and every further layer binds one `jit` equation holding that same
+# jaxpr; JVP, linearization, partial evaluation, transposition, vmap, DCE and lowering
+# of a `jit` equation are cached on its jaxpr, so they too run once per key, and
+# lowering emits one function called from every layer. XLA inlines those calls before
+# optimizing (the compiled HLO has no `call` left; tests/core/test_trace_cache.py), so
+# step time, memory and results are those of the inlined rule.
+#
+# The cache key is jit's own: the static `reduction_axes`, `epsilon` and `out_dtype`,
+# which function (scale or no scale), and each array's shape, dtype, weak type and,
+# where it is part of the type (explicit meshes, `shard_map`), sharding. No sharding is
+# given to the jit, so under an `Auto` mesh (or none) propagation goes through it as
+# through the inlined operations. `jax.clear_caches()` clears it.
+#
+# Only calls being staged into a jaxpr (under `jit`, `scan`, `checkpoint`, ...) take the
+# jit. An eager call, also under an eager `grad` or `vmap`, runs the rule op by op as
+# before: a jitted rule would run as one fused XLA program, whose float32 rounding can
+# differ from op-by-op evaluation in the last bit, and flax evaluates eagerly op by op.
+# Eager calls have no tracing cost to save.
+#
+# Chosen by measurement: trace time of a 128-layer MLP train step (64x64 layers) in each
+# adapter, interleaved in one process against the uncached rule (2 shared CPU cores):
+# - this jit: 0.44-0.65 x the uncached trace, and lowering ~0.8 x (one function per key);
+# - `jax.jit(..., inline=True)`: 0.65-0.88 x. The rule's equations are copied into the
+#   caller at every call, so every transformation still runs per layer; it saves only
+#   the Python of the rule's body;
+# - a cached jaxpr of the rule (`jax.make_jaxpr` once per key, `jax.core.eval_jaxpr`
+#   per layer): 0.90-1.05 x, the same one primitive at a time;
+# - `jax.custom_vjp` with explicit residuals: still traced per layer, and forward mode
+#   (`jvp`, `jacfwd`, Hessians) would be lost;
+# - `jax.named_call`: names a scope, caches nothing.
+# XLA compile time is unchanged (the compiled programs are the same, but for names).
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _weight_norm_scaled(value, scale, reduction_axes, epsilon, out_dtype):
+    return _scaled(value, scale, reduction_axes, epsilon, out_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _weight_norm_unscaled(value, reduction_axes, epsilon, out_dtype):
+    return _unscaled(value, reduction_axes, epsilon, out_dtype)
+
+
+def _under_jit_check() -> Any:
+    """JAX's own test for a jaxpr-building trace in the current trace stack, if it has one.
+
+    Recent JAX exports it as `jax.extend.core.unsafe_am_i_under_a_jit_DO_NOT_USE`;
+    older versions (0.8) only have it in `jax._src.core`. Without it, every call on
+    tracers is taken to be staged (eager `grad`/`vmap` calls then run the jitted rule).
+    """
+    try:
+        import jax.extend.core as extend_core
+
+        check = getattr(extend_core, "unsafe_am_i_under_a_jit_DO_NOT_USE", None)
+        if check is None:
+            from jax._src import core as src_core
+
+            check = src_core.unsafe_am_i_under_a_jit
+        check()
+    except Exception:  # any JAX without it: fall back, never fail
+        return None
+    return check
+
+
+_UNDER_JIT = _under_jit_check()
+
+
+def _staged(*arrays: Any) -> bool:
+    """Whether this call is being traced into a jaxpr rather than evaluated eagerly."""
+    if not any(isinstance(array, jax.core.Tracer) for array in arrays):
+        return False
+    return True if _UNDER_JIT is None else _UNDER_JIT()
+
+
 def weight_norm(
     value: jax.Array,
     scale: jax.Array | None,
@@ -177,6 +261,9 @@ def weight_norm(
     if jnp.iscomplexobj(value):
         return _forward(value, scale, reduction_axes, epsilon, out_dtype)[0]
     out_dtype = jnp.dtype(out_dtype)
+    staged = _staged(value, scale)
     if scale is None:
-        return _unscaled(value, reduction_axes, epsilon, out_dtype)
-    return _scaled(value, scale, reduction_axes, epsilon, out_dtype)
+        rule = _weight_norm_unscaled if staged else _unscaled
+        return rule(value, reduction_axes, epsilon, out_dtype)
+    rule = _weight_norm_scaled if staged else _scaled
+    return rule(value, scale, reduction_axes, epsilon, out_dtype)
