@@ -147,20 +147,35 @@ class WeightNorm(nn.Module):
         specs = core.scale_partition_specs(flat, names, config) if names else {}
         initializer = _scale_initializer(flat, config)
         scales = {
-            name: self.param(
-                name,
-                _boxed_like_kernel(
-                    initializer(name), boxes.get(core.weight_path(name)), specs.get(name)
-                ),
-                shape,
-                config.param_dtype,
-            )
+            name: self._scale(name, shape, initializer, boxes, specs, config)
             for name, shape in core.scale_shapes(flat, config).items()
         }
         normalized = core.unflatten(core.normalize(flat, scales, config), like=unboxed)
         if boxes:
             normalized = jax.tree.map(_rebox, named, normalized, is_leaf=_is_box)
         return normalized[self.layer_instance.name]
+
+    def _scale(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        initializer: Any,
+        boxes: Mapping[str, Any],
+        specs: Mapping[str, Any],
+        config: core.WeightNormConfig,
+    ) -> Any:
+        """A scale: made at init (as `Module.param`), else read as it is.
+
+        `Module.param` also checks an existing variable against its initializer, by
+        tracing the initializer at every call; `core.normalize` checks the shapes
+        anyway, so reading skips that tracing (a deep model's compile time).
+        """
+        if not self.is_initializing() and self.has_variable("params", name):
+            return nn.meta.unbox(self.get_variable("params", name))
+        init = _boxed_like_kernel(
+            initializer(name), boxes.get(core.weight_path(name)), specs.get(name)
+        )
+        return self.param(name, init, shape, config.param_dtype)
 
 
 def _is_box(node: Any) -> bool:

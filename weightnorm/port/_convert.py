@@ -427,7 +427,8 @@ def _port_layer(
     src, dst, kind = step.src, step.dst, step.kind
     src.kinds = dst.kinds = (kind,)
     notes, problems, out = [], [], {}
-    for role in [r for r in dst.params if r in src.params]:
+    table = FRAMEWORKS[dst.framework].layouts.get(kind, {"value": None})
+    for role in [r for r in table if r in dst.params and r in src.params]:
         p_src, p_dst = src.params[role], dst.params[role]
         try:
             note, weight_norm, src_axes = _plan_weight_norm(src, dst, role, source, target)
@@ -463,7 +464,7 @@ def _port_layer(
             out[key] = np.array(cast)  # a new array: nothing shared with the source
             if cast_note:
                 note += ("; " if note else "") + cast_note
-        notes.append(", ".join(filter(None, (moves, note))) or "copied")
+        notes.append(", ".join(filter(None, (moves, note))) or "carried as it is")
     for role in set(src.params) - set(dst.params):
         if role == "count":
             notes.append(f"{src.params[role].key} not kept: the destination keeps no step count")

@@ -473,7 +473,9 @@ def _read_nnx(obj: Any, example: Any) -> ModelView:
             kind = NNX.kind_of(node)
             if kind is not None:
                 kinds[name] = kind
-        graphdef, state, rest = nnx.split(obj, (nnx.Param, nnx.BatchStat), ...)
+        # Every variable but the random streams' keys and counts: params, batch
+        # statistics, and buffers of the user's own Variable types.
+        graphdef, state, rest = nnx.split(obj, nnx.Not(nnx.RngState), ...)
 
         def rebuild_state(new_state: Any) -> Any:
             # Every other variable (rng keys and counts) is copied: the result shares

@@ -48,11 +48,15 @@ def canonical_name(path: str, view: ModelView) -> tuple[str, ...]:
       >>> canonical_name("resblocks_0/convs1_2", view), canonical_name("resblocks_0_convs1_2", view)
       (('resblocks', '0', 'convs1', '2'), ('resblocks', '0', 'convs1', '2'))
     """
-    separator = FRAMEWORKS[view.framework].separator
-    parts = path.split(separator) if path else []
+    framework = FRAMEWORKS[view.framework]
+    parts = path.split(framework.separator) if path else []
     out: list[str] = []
     for i, part in enumerate(parts):
-        if part == "~" or separator.join(parts[: i + 1]) in view.hidden:
+        if part == "~" or framework.separator.join(parts[: i + 1]) in view.hidden:
+            continue
+        default = _INDEXED.fullmatch(part)
+        if default is not None and default.group(1) in framework.module_names:
+            out.append(part)  # `Dense_3` counts Dense modules made, it is no list index
             continue
         out += [token.strip("_") for token in _INDEX.split(part) if token.strip("_")]
     return tuple(part.lower() for part in out)
