@@ -20,7 +20,9 @@ import contextlib
 import io
 import pathlib
 import re
+import sys
 import textwrap
+import types
 from typing import NamedTuple
 
 import pytest
@@ -91,10 +93,20 @@ def _clean(output: str) -> str:
     return "\n".join(line.rstrip() for line in output.strip().splitlines())
 
 
+@pytest.fixture
+def page_module(request):
+    """A module for one page's code, in `sys.modules` as a script's `__main__` would be
+    (Haiku looks up the module of a class it names)."""
+    module = types.ModuleType(f"docs_{request.node.callspec.id.replace('/', '_')}")
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[_name(page) for page in PAGES])
-def test_code_blocks_run(page):
+def test_code_blocks_run(page, page_module):
     text = page.read_text()
-    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    namespace = page_module.__dict__
     for block, expected in _cases(text):
         where = f"{_name(page)}, python block at line {block.line}"
         stdout = io.StringIO()

@@ -24,7 +24,7 @@ from ._layers import (
     read_layers,
 )
 from ._layouts import TENSOR, from_layout, to_layout
-from ._pairing import Mapping_, pair_kind, pair_layers
+from ._pairing import PYTHON, Mapping_, Spelling, pair_kind, pair_layers
 
 __all__ = [
     "convert",
@@ -63,14 +63,6 @@ class Pairing:
     by: str = "names"
 
 
-@dataclasses.dataclass(frozen=True)
-class Spelling:
-    """How messages name the options (the Python arguments, or the CLI's flags)."""
-
-    kinds: str = "`kinds={path regex: kind}`"
-    feature_axes: str = "`feature_axes={key regex: axes}`"
-
-
 def format_report(pairings: Sequence[Pairing]) -> str:
     """The pairing as an aligned text table, one layer a line.
 
@@ -101,7 +93,7 @@ def _shown(path: str) -> str:
 
 
 def apply_kinds(
-    layers: list[Layer], kinds: Mapping[str, str] | None, spelling: Spelling = Spelling()
+    layers: list[Layer], kinds: Mapping[str, str] | None, spelling: Spelling = PYTHON
 ) -> list[str]:
     """Narrows each layer's kinds to the first `kinds` rule matching its path, in full.
 
@@ -124,6 +116,7 @@ def apply_kinds(
             problems.append(
                 f"{spelling.kinds} rule {pattern!r} is not a regular expression ({error})"
             )
+    layers = [layer for layer in layers if layer.kind != TENSOR]  # kinds are of layers
     used = {
         pattern for pattern, regex, _ in compiled if any(regex.fullmatch(x.path) for x in layers)
     }
@@ -484,7 +477,7 @@ def port_views(
     kinds: Mapping[str, str] | None = None,
     feature_axes: Mapping[str, core.FeatureAxes] | None = None,
     ignore: Sequence[str] | None = None,
-    spelling: Spelling = Spelling(),
+    spelling: Spelling = PYTHON,
 ) -> Plan:
     """Pairs two models' layers and checks that every array can be moved: the plan of a port.
 
@@ -497,11 +490,11 @@ def port_views(
     sources, problems = _apply_ignore(sources, ignore)
     problems += apply_kinds([*sources, *targets], kinds, spelling)
     problems += _apply_feature_axes([*sources, *targets], feature_axes, spelling)
-    pairs, pairing_problems = pair_layers(sources, targets, source, target, mapping)
+    pairs, pairing_problems = pair_layers(sources, targets, source, target, mapping, spelling)
     problems += pairing_problems
     steps = []
     for src_layer, dst_layer, how in pairs:
-        kind, problem = pair_kind(src_layer, dst_layer)
+        kind, problem = pair_kind(src_layer, dst_layer, spelling)
         if problem is not None:
             problems.append(problem)
             continue

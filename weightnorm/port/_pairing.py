@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,9 +31,31 @@ from ._frameworks import FRAMEWORKS, ModelView
 from ._layers import Layer, canonical_shape, same_transform, shapes_fit
 from ._layouts import TENSOR
 
-__all__ = ["Mapping_", "pair_layers", "resolve_kinds", "canonical_name"]
+__all__ = [
+    "Mapping_",
+    "PYTHON",
+    "Spelling",
+    "pair_layers",
+    "pair_kind",
+    "resolve_kinds",
+    "canonical_name",
+]
 
 Mapping_ = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spelling:
+    """How messages name the options: the Python arguments, or the CLI's flags."""
+
+    kinds: str = "`kinds={path regex: kind}`"
+    feature_axes: str = "`feature_axes={key regex: axes}`"
+    mapping: str = "`mapping=`"
+
+
+#: The Python API's spelling, the default of every message.
+PYTHON = Spelling()
+
 
 _INDEXED = re.compile(r"(.+?)_(\d+)")
 #: A list index written into a name: `layers_3`, `resblocks_0_convs1_2` (Linen, Haiku).
@@ -225,7 +248,9 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(size for size in shape if size != 1)
 
 
-def pair_kind(source: Layer, target: Layer) -> tuple[str | None, str | None]:
+def pair_kind(
+    source: Layer, target: Layer, spelling: Spelling = PYTHON
+) -> tuple[str | None, str | None]:
     """The kind two paired layers are read as, or None and the reason they cannot pair."""
     common = [kind for kind in target.kinds if kind in source.kinds]
     if not common:
@@ -241,7 +266,7 @@ def pair_kind(source: Layer, target: Layer) -> tuple[str | None, str | None]:
         return None, (
             f"{source.path!r} and {target.path!r} could each be a {' or a '.join(fitting)}, "
             "and their arrays move differently for each; name the kind with "
-            "`kinds={path regex: kind}` (`--kind` in the CLI), or pass a model whose classes "
+            f"{spelling.kinds}, or pass a model whose classes "
             "say it (a torch module, an Equinox or NNX module, a traced Linen or Haiku model)"
         )
     return fitting[0], None
@@ -253,6 +278,7 @@ def pair_layers(
     source: ModelView,
     target: ModelView,
     mapping: Mapping_ | None = None,
+    spelling: Spelling = PYTHON,
 ) -> tuple[list[tuple[Layer, Layer, str]], list[str]]:
     """Pairs every source layer with a destination layer, or says why not.
 
@@ -288,17 +314,28 @@ def pair_layers(
         layer.kinds = resolve_kinds(layer, left_t)
     for layer in left_t:
         layer.kinds = resolve_kinds(layer, left_s)
-    ambiguous = [layer for layer in [*left_s, *left_t] if len(_classes_of(layer)) > 1]
+    # A layer whose kinds move arrays differently is ambiguous only where some layer of
+    # the other side could take it; one that none could is reported as unmatched.
+    could_pair = lambda layer, others: any(  # noqa: E731
+        kind in other.kinds and shapes_fit(layer, other, kind)
+        for other in others
+        for kind in layer.kinds
+    )
+    ambiguous = [
+        layer
+        for layer, others in [*((x, left_t) for x in left_s), *((x, left_s) for x in left_t)]
+        if len(_classes_of(layer)) > 1 and could_pair(layer, others)
+    ]
     if ambiguous:
         problems.append(
             "layers whose kind the parameters do not tell: "
             + ", ".join(f"{layer.path!r} ({' or '.join(layer.kinds)})" for layer in ambiguous)
-            + "; name their kind with `kinds={path regex: kind}` (`--kind` in the CLI), give "
-            "the layers the same names on both sides, or pass the model itself (a torch "
-            "nn.Module, an Equinox or NNX module, a traced Linen or Haiku model)"
+            + f"; name their kind with {spelling.kinds}, give the layers the same names on "
+            "both sides, or pass the model itself (a torch nn.Module, an Equinox or NNX "
+            "module, a traced Linen or Haiku model)"
         )
-        left_s = [layer for layer in left_s if len(_classes_of(layer)) == 1]
-        left_t = [layer for layer in left_t if len(_classes_of(layer)) == 1]
+    left_s = [layer for layer in left_s if not any(layer is x for x in ambiguous)]
+    left_t = [layer for layer in left_t if not any(layer is x for x in ambiguous)]
 
     buckets: dict[tuple[Any, ...], tuple[list[Layer], list[Layer]]] = {}
     for layer in left_s:
@@ -330,7 +367,7 @@ def pair_layers(
                 f"{sorted(layer.path for layer in from_s)} (source) goes to which of "
                 f"{sorted(layer.path for layer in from_t)} (destination): their names differ, "
                 f"their shapes are alike, and {_why_no_order(from_s, from_t)}. Name the "
-                "layers alike on both sides, or pass `mapping=`"
+                f"layers alike on both sides, or pass {spelling.mapping}"
             )
             continue
         unmatched_s += from_s
@@ -395,7 +432,7 @@ def _unmatched(sources: list[Layer], targets: list[Layer]) -> list[str]:
         if layers:
             problems.append(
                 f"{side} layers with no {other}: "
-                + ", ".join(f"{layer.path!r} ({layer.kind})" for layer in layers)
+                + ", ".join(f"{layer.path!r} ({' or '.join(layer.kinds)})" for layer in layers)
             )
         if tensors:
             problems.append(
