@@ -90,6 +90,11 @@ def _count(hlo: str) -> dict[str, list[str]]:
     return found
 
 
+def _spec(spec) -> str:
+    """A partition spec as the tuple of its entries (its repr changed across jax versions)."""
+    return str(tuple(spec))
+
+
 def _probe() -> dict:  # pragma: no cover - runs in the subprocess
     import equinox as eqx
     import flax.linen as nn
@@ -133,7 +138,7 @@ def _probe() -> dict:  # pragma: no cover - runs in the subprocess
             "scale_spec": list(specs["layer_instance/kernel/scale"]),
             "kernel_spec": list(specs["layer_instance"]["kernel"]),
             "same_values": bool(np.allclose(out, plain.apply(unboxed, x), rtol=1e-5, atol=1e-5)),
-            "placed": str(unboxed["params"]["layer_instance/kernel/scale"].sharding.spec),
+            "placed": _spec(unboxed["params"]["layer_instance/kernel/scale"].sharding.spec),
         }
 
     # Linen on an Explicit mesh: parameters placed by their specs, then a train step.
@@ -149,7 +154,7 @@ def _probe() -> dict:  # pragma: no cover - runs in the subprocess
         out = jax.jit(plain.apply)({"params": params}, x)
     expected = jax.grad(lambda p: jnp.sum(plain.apply({"params": p}, x) ** 2))(reference["params"])
     seen["linen_explicit"] = {
-        "grad_specs": {k: str(v.sharding.spec) for k, v in core.flatten(grads).items()},
+        "grad_specs": {k: _spec(v.sharding.spec) for k, v in core.flatten(grads).items()},
         "same_values": bool(np.allclose(out, plain.apply(reference, x), rtol=1e-6, atol=1e-6))
         and all(
             np.allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -205,8 +210,8 @@ def _probe() -> dict:  # pragma: no cover - runs in the subprocess
         placed = {k: jax.device_put(v, NamedSharding(explicit, specs[k])) for k, v in flat.items()}
         placed = whk.unflatten(placed, like=params)
         grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2)))(placed)
-    seen["haiku_specs"] = {k: str(v) for k, v in specs.items()}
-    seen["haiku_grad_specs"] = {k: str(v.sharding.spec) for k, v in whk.flatten(grads).items()}
+    seen["haiku_specs"] = {k: _spec(v) for k, v in specs.items()}
+    seen["haiku_grad_specs"] = {k: _spec(v.sharding.spec) for k, v in whk.flatten(grads).items()}
 
     # Equinox: a sharded weight gets its scale placed like the weight's axis 0.
     linear = eqx.nn.Linear(16, 32, key=jax.random.key(0))
@@ -214,7 +219,7 @@ def _probe() -> dict:  # pragma: no cover - runs in the subprocess
         lambda m: m.weight, linear, jax.device_put(linear.weight, NamedSharding(auto, P("model")))
     )
     wrapped = weq.WeightNorm(linear)
-    seen["equinox_scale_spec"] = str(wrapped.scales["weight/scale"].sharding.spec)
+    seen["equinox_scale_spec"] = _spec(wrapped.scales["weight/scale"].sharding.spec)
     return seen
 
 
@@ -240,15 +245,15 @@ def test_linen_scale_is_boxed_like_its_kernel_under_a_stable_name(probe, kind):
     assert seen["box_names"] == ["model" if kind == "mesh" else "mlp"]
     assert seen["kernel_spec"] == [None, "model"]  # logical names mapped by the rules
     assert seen["scale_spec"] == ["model"]
-    assert seen["placed"] == "P('model',)"
+    assert seen["placed"] == "('model',)"
     assert seen["same_values"]
 
 
 def test_linen_trains_on_an_explicit_mesh(probe):
     seen = probe["linen_explicit"]
     assert seen["same_values"]
-    assert seen["grad_specs"]["layer_instance/kernel"] == "P(None, 'model')"
-    assert seen["grad_specs"]["layer_instance/kernel/scale"] == "P('model',)"
+    assert seen["grad_specs"]["layer_instance/kernel"] == "(None, 'model')"
+    assert seen["grad_specs"]["layer_instance/kernel/scale"] == "('model',)"
 
 
 def test_feature_axis_sharding_adds_no_collective(probe):
@@ -267,13 +272,13 @@ def test_reduction_axis_sharding_adds_one_all_reduce_of_the_scale_size(probe):
 
 
 def test_equinox_scale_is_placed_like_its_weight(probe):
-    assert probe["equinox_scale_spec"] == "P('model',)"
+    assert probe["equinox_scale_spec"] == "('model',)"
 
 
 def test_haiku_scales_shard_like_their_kernels_through_a_train_step(probe):
-    assert probe["haiku_specs"]["weight_norm/linear/w/scale"] == "P('model',)"
+    assert probe["haiku_specs"]["weight_norm/linear/w/scale"] == "('model',)"
     assert probe["haiku_grad_specs"] == {
-        "linear/b": "P('model',)",
-        "linear/w": "P(None, 'model')",
-        "weight_norm/linear/w/scale": "P('model',)",
+        "linear/b": "('model',)",
+        "linear/w": "(None, 'model')",
+        "weight_norm/linear/w/scale": "('model',)",
     }

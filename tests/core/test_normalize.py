@@ -101,7 +101,9 @@ def test_feature_norms_equal_abs_scale(weight_axes, data):
     assert_weight_normed(normalize(flat, scales, config), scales, config)
 
 
-@given(weights_and_axes(allow_zero=False), st.floats(1e-2, 1e3))
+# Factors from 0.1: below, a column of entries near 1e-2 sums to squares near 1e-8, where
+# epsilon (1e-12) moves the result by more than float32 rounding (it is not scale-free).
+@given(weights_and_axes(allow_zero=False), st.floats(1e-1, 1e3))
 def test_invariant_to_positive_rescaling(weight_axes, factor):
     value, axes = weight_axes
     config = WeightNormConfig(feature_axes=axes, use_scale=False)
