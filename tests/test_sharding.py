@@ -7,11 +7,7 @@ what it saw as JSON, and the tests below check those observations.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -19,6 +15,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from tests.devices import run_on_8_devices
 from tests.peers import assert_bitwise_equal
 from weightnorm.core import (
     WeightNormConfig,
@@ -225,17 +222,7 @@ def _probe() -> dict:  # pragma: no cover - runs in the subprocess
 
 @pytest.fixture(scope="module")
 def probe() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    code = "import json, tests.test_sharding as t; print(json.dumps(t._probe()))"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["devices"] == 8
-    return seen
+    return run_on_8_devices("tests.test_sharding", "_probe")
 
 
 @pytest.mark.parametrize("kind", ["mesh", "logical"])

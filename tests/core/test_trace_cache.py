@@ -11,10 +11,6 @@ first call under `jax.disable_jit()` works.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.devices import run_on_8_devices
 from tests.peers import assert_bitwise_equal
 from weightnorm.adapters import equinox as weq
 from weightnorm.adapters import haiku as whk
@@ -433,17 +430,7 @@ def _sharding_probe() -> dict:  # pragma: no cover - runs in the subprocess
 
 @pytest.fixture(scope="module")
 def sharding_probe() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    code = "import json, tests.core.test_trace_cache as t; print(json.dumps(t._sharding_probe()))"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["devices"] == 8
-    return seen
+    return run_on_8_devices("tests.core.test_trace_cache", "_sharding_probe")
 
 
 @pytest.mark.parametrize("name", ["feature", "reduction", "replicated"])

@@ -17,6 +17,7 @@ import numpy as np
 from .. import core
 
 __all__ = [
+    "wrapper_weights",
     "CallRecorder",
     "ModelTrace",
     "NormalizedWeight",
@@ -53,6 +54,35 @@ class NormalizedWeight:
     wrapper: str
     feature_axes: tuple[int, ...] | None = None
     epsilon: float | None = None
+
+
+def wrapper_weights(
+    wrapper: str, field: str, flat: Mapping[str, Any], config: core.WeightNormConfig
+) -> list[NormalizedWeight]:
+    """What one wrapper normalizes, as its config says.
+
+    Args:
+      wrapper: the wrapper's path (`""` at the top level).
+      field: the wrapper's attribute holding its layer (Equinox `layer`, NNX
+        `layer_instance`); its scales are under `scales`.
+      flat: the layer's parameters, keyed from the layer.
+      config: the wrapper's settings.
+    """
+    found = []
+    for path in core.select(flat, config.variable_filter):
+        weight = "/".join(filter(None, (wrapper, field, path)))
+        scale = "/".join(filter(None, (wrapper, "scales", core.scale_path(path))))
+        found.append(
+            NormalizedWeight(
+                weight,
+                scale if config.use_scale else None,
+                weight.rsplit("/", 1)[0],
+                wrapper,
+                core.kept_axes(path, tuple(flat[path].shape), config),
+                config.epsilon,
+            )
+        )
+    return found
 
 
 def one_per_layer(weights: Iterable[NormalizedWeight]) -> dict[str, NormalizedWeight]:

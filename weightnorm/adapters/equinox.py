@@ -24,7 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ._common import CallRecorder, NormalizedWeight, data_dependent_init_in_order
+from ._common import (
+    CallRecorder,
+    NormalizedWeight,
+    data_dependent_init_in_order,
+    wrapper_weights,
+)
 
 __all__ = [
     "WeightNorm",
@@ -382,26 +387,10 @@ def weight_norms(model: Any) -> list[NormalizedWeight]:
     """
     found = []
     for key_path, wrapper in _wrappers(model):
-        prefix = core.path_key(key_path)
         params, _ = _split_params(wrapper.layer)
-        flat = core.flatten(params)
-        config = wrapper.config
-        for path in core.select(flat, config.variable_filter):
-            shape = tuple(flat[path].shape)
-            axes = core.resolve_feature_axes(path, shape[config.stack_axes :], config.feature_axes)
-            kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
-            weight = "/".join(filter(None, (prefix, "layer", path)))
-            scale = "/".join(filter(None, (prefix, "scales", core.scale_path(path))))
-            found.append(
-                NormalizedWeight(
-                    weight,
-                    scale if config.use_scale else None,
-                    weight.rsplit("/", 1)[0],
-                    prefix,
-                    kept,
-                    config.epsilon,
-                )
-            )
+        found += wrapper_weights(
+            core.path_key(key_path), "layer", core.flatten(params), wrapper.config
+        )
     return found
 
 

@@ -311,11 +311,7 @@ def trace(transformed: Any, *args: Any, params: Any = None, **kwargs: Any) -> Mo
             found.append(weight)
             continue
         bundle, name = weight.weight.rsplit("/", 1)
-        shape = tuple(params[bundle][name].shape)
-        axes = core.resolve_feature_axes(
-            weight.weight, shape[config.stack_axes :], config.feature_axes
-        )
-        kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
+        kept = core.kept_axes(weight.weight, tuple(params[bundle][name].shape), config)
         found.append(dataclasses.replace(weight, feature_axes=kept, epsilon=config.epsilon))
     return ModelTrace(params, modules, tuple(found))
 

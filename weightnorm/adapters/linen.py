@@ -533,10 +533,7 @@ def trace(model: nn.Module, *args: Any, variables: Any = None, **kwargs: Any) ->
             if not (_is_linen_scale(key) and key.startswith(f"{name}/")):
                 continue
             weight = "/".join(filter(None, (layer, core.weight_path(key)[len(name) + 1 :])))
-            axes = core.resolve_feature_axes(
-                weight, tuple(flat[weight].shape)[config.stack_axes :], config.feature_axes
-            )
-            kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
+            kept = core.kept_axes(weight, tuple(flat[weight].shape), config)
             scale = "/".join(filter(None, (path, key)))
             found[scale] = NormalizedWeight(
                 weight, scale, weight.rsplit("/", 1)[0], path, kept, float(config.epsilon)

@@ -27,7 +27,12 @@ import jax
 import jax.numpy as jnp
 
 from .. import core
-from ._common import CallRecorder, NormalizedWeight, data_dependent_init_in_order
+from ._common import (
+    CallRecorder,
+    NormalizedWeight,
+    data_dependent_init_in_order,
+    wrapper_weights,
+)
 
 __all__ = [
     "WeightNorm",
@@ -542,26 +547,10 @@ def weight_norms(node: nnx.Module | nnx.State) -> list[NormalizedWeight]:
         if id(wrapper) in seen:
             continue
         seen.add(id(wrapper))
-        prefix = "/".join(map(str, path))
         params = _variables(nnx.state(wrapper.layer_instance, nnx.Param))
         flat = {key: param.get_value() for key, (_, param) in params.items()}
-        config = wrapper.config
-        for inner in core.select(flat, config.variable_filter):
-            shape = tuple(flat[inner].shape)
-            axes = core.resolve_feature_axes(inner, shape[config.stack_axes :], config.feature_axes)
-            kept = tuple(range(config.stack_axes)) + tuple(config.stack_axes + a for a in axes)
-            weight = "/".join(filter(None, (prefix, "layer_instance", inner)))
-            scale = "/".join(filter(None, (prefix, "scales", core.scale_path(inner))))
-            found.append(
-                NormalizedWeight(
-                    weight,
-                    scale if config.use_scale else None,
-                    weight.rsplit("/", 1)[0],
-                    prefix,
-                    kept,
-                    config.epsilon,
-                )
-            )
+        prefix = "/".join(map(str, path))
+        found += wrapper_weights(prefix, "layer_instance", flat, wrapper.config)
     return found
 
 

@@ -24,6 +24,7 @@ from ._init import needs_key as needs_key
 from ._normalize import SCALE_SUFFIX as SCALE_SUFFIX
 from ._normalize import decompose as decompose
 from ._normalize import is_scale_path as is_scale_path
+from ._normalize import kept_axes as kept_axes
 from ._normalize import normalize as normalize
 from ._normalize import scale_path as scale_path
 from ._normalize import scale_shapes as scale_shapes
@@ -64,6 +65,7 @@ __all__ = [
     "check_finite",
     "check_flat",
     "is_scale_path",
+    "kept_axes",
     "needs_key",
     "path_key",
     "resolve_feature_axes",

@@ -22,6 +22,7 @@ __all__ = [
     "scale_path",
     "weight_path",
     "is_scale_path",
+    "kept_axes",
 ]
 
 SCALE_SUFFIX = "/scale"
@@ -104,8 +105,18 @@ def _check_inexact(path: str, leaf: Any) -> None:
         )
 
 
-def _kept_axes(path: str, shape: tuple[int, ...], config: WeightNormConfig) -> tuple[int, ...]:
-    """The stacked axes, then the feature axes counted within one layer's shape."""
+def kept_axes(path: str, shape: tuple[int, ...], config: WeightNormConfig) -> tuple[int, ...]:
+    """The axes of a variable that keep their own norm: its stacked axes, then its feature
+    axes counted within one layer's shape, as non-negative sorted ints.
+
+    Raises:
+      ValueError: naming `path` when the shape has too few axes for `stack_axes` or for
+        `feature_axes`.
+
+    Examples:
+      >>> kept_axes("w", (2, 3, 4), WeightNormConfig(stack_axes=1, feature_axes=-1))
+      (0, 2)
+    """
     stack = config.stack_axes
     if len(shape) < stack:
         raise ValueError(
@@ -134,7 +145,7 @@ def _targets(flat: Mapping[str, Any], config: WeightNormConfig) -> list[_Target]
             continue
         _check_inexact(path, leaf)
         shape = tuple(np.shape(leaf))
-        targets.append(_Target(path, shape, _kept_axes(path, shape, config)))
+        targets.append(_Target(path, shape, kept_axes(path, shape, config)))
     return targets
 
 
