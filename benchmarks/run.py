@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks import convert
 from benchmarks._cases import Case, Variant, all_variants
 
 FULL_CASES = [
@@ -550,7 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep-only", action="store_true", help="only the depth sweep (no step times)"
     )
+    parser.add_argument(
+        "--size-mb",
+        type=float,
+        default=None,
+        help="with --case convert: the checkpoint's size (default 512, --quick 8)",
+    )
     args = parser.parse_args(argv)
+    if args.case == "convert":  # checkpoint conversion: memory and throughput (convert.py)
+        return convert.main(args.quick, args.size_mb, args.out)
     cases = [c for c in (QUICK_CASES if args.quick else FULL_CASES) if args.case in c.name]
     sweep_cases = [] if args.no_sweep else (QUICK_SWEEP if args.quick else FULL_SWEEP)
     if args.sweep_only:

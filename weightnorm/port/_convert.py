@@ -251,8 +251,9 @@ def _to_canonical(layer: Layer, role: str, value: Any) -> np.ndarray:
 
 
 def _to_framework(layer: Layer, role: str, value: Any) -> np.ndarray:
+    """`value` in the layer's layout, as a new array: the result shares nothing with the source."""
     if layer.kind == TENSOR:
-        return np.reshape(value, layer.params[role].shape)  # only size-1 axes differ
+        return np.array(np.reshape(value, layer.params[role].shape))  # only size-1 axes differ
     return to_layout(np.asarray(value), layer.canonical(role), layer.layout(role), layer.spatial)
 
 
@@ -406,11 +407,12 @@ class Plan:
                     f"Cannot port {self.source.framework} -> {self.target.framework}:\n  - "
                     + "\n  - ".join(problems)
                 )
-            for key, value in arrays.items():
-                sink(key, value)
+            done = sum(value.nbytes for value in arrays.values())
+            while arrays:  # each array handed on and let go: one layer in memory at a time
+                sink(*arrays.popitem())
             self.pairings.append(Pairing(step.src.path, step.dst.path, step.kind, notes, step.by))
             if progress is not None:
-                progress(sum(a.nbytes for a in arrays.values()))
+                progress(done)
         return self.pairings
 
 
@@ -454,7 +456,7 @@ def _port_layer(
             )
             if problem:
                 problems.append(problem)
-            out[key] = np.array(cast)  # a new array: nothing shared with the source
+            out[key] = cast  # new (see `_to_framework`): nothing shared with the source
             if cast_note:
                 note += ("; " if note else "") + cast_note
         notes.append(", ".join(filter(None, (moves, note))) or "carried as it is")

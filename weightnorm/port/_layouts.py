@@ -140,7 +140,11 @@ def _real_positions(names: list[str]) -> list[tuple[int, str]]:
 
 
 def from_layout(value: np.ndarray, canonical: str, layout: str, spatial: int) -> np.ndarray:
-    """The inverse of `to_layout`: an array in `layout` back in the canonical layout."""
+    """The inverse of `to_layout`: an array in `layout` back in the canonical layout.
+
+    A view of `value` where it can be (no copy): a port reads an array, views it
+    canonically and copies it once, into the destination's layout.
+    """
     source, _ = _tokens(canonical, spatial)
     target, flip = _tokens(layout, spatial)
     real = [name for name in target if name != "1"]
@@ -148,4 +152,4 @@ def from_layout(value: np.ndarray, canonical: str, layout: str, spatial: int) ->
     if flip:
         squeezed = np.flip(squeezed, _spatial_axes(real))
     perm = [real.index(name) for name in source]
-    return np.array(np.transpose(squeezed, perm), order="C")
+    return np.transpose(squeezed, perm)  # a view: `to_layout` makes the one copy
