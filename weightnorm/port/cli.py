@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,7 +137,8 @@ def _target(source: ModelView, layers: list[Layer], dst: str) -> ModelView:
             if dst == "torch":  # the parametrizations API, `g` keeping the reduced axes
                 stem = separator.join(filter(None, (path, "parametrizations", leaf.name)))
                 key, scale = f"{stem}.original1", f"{stem}.original0"
-                scale_shape = [sizes[n] if n in held else 1 for n in dst_names]
+                # torch's `dim=None` keeps a 0-d `g`, which its modules load back as such
+                scale_shape = [sizes[n] if n in held else 1 for n in dst_names] if held else []
             else:
                 scale, scale_shape = (
                     core.scale_path(key),
@@ -187,7 +189,12 @@ def convert_file(
         naming the path and the fix; nothing is written.
     """
     target_path = check_output(output_path, overwrite=overwrite, inputs=(input_path,))
-    checkpoint = load_checkpoint(input_path)
+    try:
+        checkpoint = load_checkpoint(input_path)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and not error.filename:
+            raise  # load_checkpoint's own sentence
+        raise _Usage(f"cannot read {os.fspath(input_path)!r}: {error.strerror or error}") from None
     src = src or checkpoint.framework
     if checkpoint.provenance and src != checkpoint.framework:
         raise _Usage(
@@ -241,7 +248,7 @@ def convert_file(
     }
     specs = [(key, spec[0], spec[1]) for key, spec in target.specs.items()]
     bar = _progress_bar(checkpoint, progress)
-    with atomic_output(target_path, overwrite=overwrite) as file:
+    with atomic_output(target_path, overwrite=overwrite, name=os.fspath(output_path)) as file:
         writer = SafetensorsWriter(file, specs, provenance_metadata(provenance))
         pairings = plan.run(writer.write, progress=None if bar is None else bar.update)
         writer.finish()
@@ -319,6 +326,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"error: converting {args.input!r} failed unexpectedly (above); nothing was written. "
+            "This is a bug in weightnorm: please report it with the lines above.",
+            file=sys.stderr,
+        )
+        return 1
     print(format_report(pairings))
     print(f"\nwrote {count} arrays to {os.fspath(args.output)}")
     return 0
