@@ -221,8 +221,9 @@ def assert_params_equal(actual: Any, expected: Any) -> None:
     for path, a_leaf in a_leaves.items():
         b_leaf = b_leaves[path]
         a, b = np.asarray(a_leaf), np.asarray(b_leaf)
-        if a.dtype == object or b.dtype == object:  # functions, strings, ...: compared by ==
-            if not a_leaf == b_leaf:
+        if a.dtype.kind in "OUS" or b.dtype.kind in "OUS":  # functions, strings: by ==
+            same = a_leaf == b_leaf if a.dtype == object else np.array_equal(a, b)
+            if not same:
                 raise AssertionError(
                     f"The params differ at leaf {path!r}: {a_leaf!r} vs {b_leaf!r}."
                 )
