@@ -292,12 +292,7 @@ def _open_torch(name: str) -> Checkpoint:
         # options weightnorm never takes: the refusal below says what matters.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                state = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as error:
-                if "mmap" not in str(error):
-                    raise
-                state = torch.load(name, map_location="cpu", weights_only=True)  # legacy file
+            state = _torch_load(torch, name)
     except Exception as error:
         raise ValueError(_torch_load_error(name, error)) from None
     if not isinstance(state, Mapping):
@@ -324,10 +319,25 @@ def _open_torch(name: str) -> Checkpoint:
     return Checkpoint(name, "torch", specs, lambda key: torch_to_numpy(state[key]), True, {})
 
 
+def _torch_load(torch: Any, name: str) -> Any:
+    """`torch.load` of tensors only, memory mapped where the file allows it."""
+    if name.endswith(".safetensors"):
+        # torch.load hands a path so named to the safetensors reader, whatever it holds:
+        # a file object is read as what it is (without mmap, which needs a path).
+        with open(name, "rb") as file:
+            return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(name, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(name, map_location="cpu", weights_only=True)  # a legacy file
+
+
 def _torch_load_error(name: str, error: Exception) -> str:
     """Why torch could not load a file, without torch's advice to unpickle anything."""
     text = str(error)
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    refused = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", text)
     if refused or "weights_only" in text.lower() or type(error).__name__ == "UnpicklingError":
         what = f" ({refused.group(1)})" if refused else ""
         return (
