@@ -212,12 +212,21 @@ def _check_readable(path: str | os.PathLike) -> tuple[str, bytes, int]:
 
 
 def _format_of(start: bytes, size: int) -> str | None:
+    """The format a file's first bytes say: `"safetensors"`, `"torch"`, or None.
+
+    A safetensors file starts with its header's length, which may be any 8
+    bytes: a length of 640 starts with the bytes of a pickle (0x80 0x02), so a
+    header (a `{` after a length that fits the file) is looked for first.
+    """
+    header = start[8:9] == b"{"
+    if header and int.from_bytes(start[:8], "little") <= size - 8:
+        return "safetensors"
     if start.startswith(b"PK\x03\x04"):
         return "torch"
     if start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "torch"  # a legacy (pre-zip) torch.save pickle
-    if len(start) >= 9 and start[8:9] == b"{":
-        return "safetensors"
+    if header:
+        return "safetensors"  # its length does not fit: the reader says how
     return None
 
 
