@@ -196,6 +196,26 @@ def test_a_safetensors_file_is_read_by_content_whatever_its_name(tmp_path, name)
     np.testing.assert_array_equal(loaded["w"], flat["w"])
 
 
+def _with_header_length(path: Path, length: int) -> None:
+    """A safetensors file whose header is exactly `length` bytes (padded with metadata)."""
+    for pad in range(length):
+        save_safetensors(
+            {"w": np.ones(2, np.float32)}, path, metadata={"pad": "x" * pad}, overwrite=True
+        )
+        if struct.unpack("<Q", path.read_bytes()[:8])[0] == length:
+            return
+    raise AssertionError(f"no padding gives a header of {length} bytes")
+
+
+@pytest.mark.parametrize("length", [0x280, 0x380, 0x480, 0x580])
+def test_a_header_length_that_starts_like_a_pickle_is_still_safetensors(tmp_path, length):
+    path = tmp_path / "w.safetensors"
+    _with_header_length(path, length)
+    assert path.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+    loaded = load_checkpoint(path)
+    assert loaded.format == "safetensors" and loaded["w"].tolist() == [1.0, 1.0]
+
+
 def test_a_torch_file_named_safetensors_is_read_as_torch(tmp_path):
     torch.save({"w": torch.ones(2, dtype=torch.bfloat16)}, tmp_path / "m.safetensors")
     loaded = load_checkpoint(tmp_path / "m.safetensors")
