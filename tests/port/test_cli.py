@@ -323,6 +323,29 @@ class _RunsCode:
         return (os.mkdir, (self.marker,))
 
 
+def test_a_kind_the_checkpoint_does_not_tell_is_asked_for(tmp_path, capsys):
+    torch.save({"e.weight": torch.ones(2, 3)}, tmp_path / "m.pt")
+    err = _refused(capsys, tmp_path / "m.pt", "--to", "linen", "-o", tmp_path / "o.safetensors")
+    assert (
+        "'e' could be a dense or an embed: say which, --kind 'e=dense' or --kind 'e=embed'" in err
+    )
+
+
+def test_what_safetensors_cannot_hold_is_refused_by_key(tmp_path, capsys):
+    torch.save({"z": torch.ones(2, dtype=torch.complex128)}, tmp_path / "m.pt")
+    err = _refused(capsys, tmp_path / "m.pt", "--to", "linen", "-o", tmp_path / "o.safetensors")
+    assert "error: 'z' has dtype complex128, which a safetensors file cannot hold" in err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_progress_without_tqdm_says_what_to_install(tmp_path, capsys, monkeypatch):
+    _linear_checkpoint(tmp_path / "m.pt")
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    args = [tmp_path / "m.pt", "--to", "linen", "-o", tmp_path / "o.safetensors", "--progress"]
+    assert _refused(capsys, *args) == "error: --progress needs tqdm: pip install tqdm\n"
+    assert not (tmp_path / "o.safetensors").exists()
+
+
 def test_usage_mistakes_are_argparse_errors_with_exit_2(capsys):
     for args in (["x.pt", "--to", "keras", "-o", "o"], ["x.pt", "--to", "linen"]):
         with pytest.raises(SystemExit) as caught:

@@ -6,8 +6,12 @@ array in the destination's layout and each weight norm kept as direction plus
 `<weight>/scale`. Its metadata records the source framework, every layer's
 kind and every weight norm's feature axes and epsilon, so `weightnorm.port.load`
 (or `convert IN` again) reads it back without guessing anything. The file is
-written as a stream (one layer in memory at a time) and atomically; an
-existing file is replaced only with `--force`, and never the input.
+written as a stream (one layer in memory at a time) and atomically: a run
+stopped at any point, even killed, leaves no partial file that loads (on
+Linux, nothing at all). It gets the mode the umask gives;
+an existing file is replaced only with `--force`, and never the input under
+any name. A symbolic link at the output is written through; a file with other
+hard links, a FIFO, a device or a directory is refused.
 
 Exit codes: 0 written; 2 refused (a usage mistake, an unreadable input, an
 output that must not be written, a port that cannot be exact), nothing
@@ -224,7 +228,7 @@ def convert_file(
                 f"--kind '{re.escape(layer.path)}={kind}'" for kind in layer.kinds
             )
             problems.append(
-                f"{layer.path!r} could be a {' or a '.join(layer.kinds)}: say which, {options}"
+                f"{layer.path!r} could be {' or '.join(map(_a, layer.kinds))}: say which, {options}"
             )
     if problems:
         raise PortError("Cannot convert the checkpoint:\n  - " + "\n  - ".join(problems))
@@ -255,6 +259,11 @@ def convert_file(
     if bar is not None:
         bar.close()
     return pairings, len(specs)
+
+
+def _a(kind: str) -> str:
+    """A kind with its article: "a dense", "an embed"."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def _same_everywhere(layer: Layer) -> bool:
