@@ -466,6 +466,8 @@ def atomic_output(target: str, *, overwrite: bool, name: str | None = None) -> I
     base = os.path.basename(target)
     temporary = None
     try:
+        if not os.path.isdir("/proc/self/fd"):  # an unnamed file is linked through /proc
+            raise OSError("no /proc")
         fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o666)
     except (AttributeError, OSError):
         temporary = os.path.join(directory, f".{base}.partial-{os.urandom(6).hex()}")
