@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from weightnorm.__main__ import main
@@ -583,7 +583,33 @@ def _save(state: OrderedDict, path: Path, form: str) -> None:
         save_safetensors(state, path)
 
 
+def _every_dtype() -> tuple[OrderedDict, dict[str, str]]:
+    """One checkpoint with both weight-norm APIs (a 0-d `g` too) and an extra tensor of
+    every dtype, 0-d and not, so each is run whatever hypothesis draws."""
+    rng = np.random.default_rng(0)
+
+    def bits(dtype, shape):
+        dtype = np.dtype(dtype)
+        raw = rng.integers(0, 256, int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+        return (raw & 1 if dtype == np.bool_ else raw).view(dtype).reshape(shape)
+
+    state = OrderedDict(
+        [
+            ("l0.weight_g", bits(np.float32, ())),
+            ("l0.weight_v", bits(np.float32, (3, 2, 2))),
+            ("l0.bias", bits(np.float32, (3,))),
+            ("l1.parametrizations.weight.original0", bits(ml_dtypes.bfloat16, (4, 1))),
+            ("l1.parametrizations.weight.original1", bits(ml_dtypes.bfloat16, (4, 3))),
+        ]
+    )
+    for i, dtype in enumerate(_EXTRA_DTYPES):
+        state[f"extra.t{i}"] = bits(dtype, () if i % 2 else (2, 3))
+    return state, {"l0": "conv", "l1": "dense"}
+
+
 @settings(deadline=None)  # 30 examples (the default profile), 300 with "thorough"
+@example(checkpoint=_every_dtype(), form="torch.save")
+@example(checkpoint=_every_dtype(), form="safetensors.torch")
 @given(
     checkpoint=_torch_checkpoints(),
     form=st.sampled_from(["torch.save", "safetensors.torch", "weightnorm"]),
