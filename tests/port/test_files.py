@@ -238,6 +238,15 @@ def test_fp8_safetensors_files_load_and_are_not_called_corrupted(tmp_path):
     assert loaded["e4m3"].dtype == ml_dtypes.float8_e4m3fn
 
 
+def test_a_file_cut_after_it_was_opened_is_named_when_read(tmp_path):
+    save_safetensors({"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)}, tmp_path / "w")
+    checkpoint = load_checkpoint(tmp_path / "w")
+    os.truncate(tmp_path / "w", os.path.getsize(tmp_path / "w") - 8)
+    assert checkpoint["a"].tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match=r"/w': tensor 'b': the file ended after 8 of 16 bytes"):
+        checkpoint["b"]
+
+
 def test_a_directory_named_like_a_checkpoint_is_called_a_directory(tmp_path):
     (tmp_path / "x.safetensors").mkdir()
     with pytest.raises(ValueError, match=r"x.safetensors' is a directory, not a checkpoint"):

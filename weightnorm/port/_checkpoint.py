@@ -288,7 +288,10 @@ def _open_safetensors(name: str, size: int) -> Checkpoint:
 
     def read(key: str) -> np.ndarray:
         with open(name, "rb") as file:
-            return read_tensor(file, header, key)
+            try:
+                return read_tensor(file, header, key)
+            except ValueError as error:  # the file shrank since it was opened
+                raise ValueError(f"{name!r}: {error} Was it changed while being read?") from None
 
     specs = {key: (shape, dtype) for key, (dtype, shape, _, _) in header.tensors.items()}
     return Checkpoint(name, "safetensors", specs, read, bool(provenance.get("ordered")), provenance)
