@@ -192,6 +192,40 @@ def test_interrupted_disk_full_and_unexpected_failures_write_nothing(tmp_path, c
     assert "please report it" in err and "RuntimeError: a bug" in err  # the traceback
 
 
+def test_an_output_that_appears_meanwhile_is_left_and_named_by_the_users_path(
+    tmp_path, capsys, monkeypatch
+):
+    from weightnorm.port import _safetensors
+
+    monkeypatch.chdir(tmp_path)
+    _linear_checkpoint(tmp_path / "m.pt")
+    write = _safetensors.SafetensorsWriter.write
+
+    def racing(self, key, value):  # another process writes the same name meanwhile
+        Path("out.safetensors").write_text("theirs")
+        write(self, key, value)
+
+    monkeypatch.setattr(_safetensors.SafetensorsWriter, "write", racing)
+    err = _refused(capsys, "m.pt", "--to", "linen", "-o", "out.safetensors")
+    assert "error: 'out.safetensors' appeared while it was being written; it was left" in err
+    assert Path("out.safetensors").read_text() == "theirs"
+    assert sorted(os.listdir()) == ["m.pt", "out.safetensors"]
+
+
+def test_an_input_that_cannot_be_read_is_not_called_an_output_problem(
+    tmp_path, capsys, monkeypatch
+):
+    from weightnorm.port import cli
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(cli, "load_checkpoint", unreadable)
+    _linear_checkpoint(tmp_path / "m.pt")
+    err = _refused(capsys, tmp_path / "m.pt", "--to", "linen", "-o", tmp_path / "o.safetensors")
+    assert err == f"error: cannot read '{tmp_path / 'm.pt'}': Permission denied\n"
+
+
 def test_the_exit_codes_are_documented():
     from weightnorm.port import cli
 

@@ -277,6 +277,36 @@ def test_a_truncated_torch_file_and_a_fifo_are_refused_with_their_names(tmp_path
         load_checkpoint(tmp_path / "pipe.pt")
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor.*deprecated")
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (lambda: torch.zeros(2, dtype=torch.complex32), r"dtype torch.complex32 has no numpy"),
+        (
+            lambda: torch.zeros(2, dtype=torch.uint8).view(torch.float4_e2m1fn_x2),
+            r"dtype torch.float4_e2m1fn_x2 has no numpy equivalent",
+        ),
+        (
+            lambda: torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8),
+            r"dtype torch.qint8 has no numpy equivalent, .*`.dequantize\(\)` it first",
+        ),
+        (lambda: torch.eye(2).to_sparse(), r"layout torch.sparse_coo .*`.to_dense\(\)`"),
+    ],
+    ids=["complex32", "float4", "qint8", "sparse"],
+)
+def test_torch_tensors_numpy_cannot_hold_are_refused_by_name(tmp_path, value, message):
+    torch.save({"x": value()}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=rf"/m.pt': tensor 'x': A torch tensor of {message}"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_a_state_dict_with_keys_that_are_not_strings_is_refused(tmp_path):
+    torch.save({1: torch.ones(2)}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"/m.pt' has keys that are not strings \(\[1\]\)"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
 # --- pickles: nothing but tensors is ever unpickled -----------------------------------------
 
 
