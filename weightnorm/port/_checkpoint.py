@@ -17,6 +17,7 @@ import json
 import os
 import re
 import stat
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
@@ -75,31 +76,53 @@ def torch_to_numpy(tensor: Any) -> np.ndarray:
     """A torch tensor as a new numpy array of the same dtype (bfloat16, float8 included).
 
     Raises:
-      TypeError: for dtypes numpy cannot hold (packed 4-bit floats, quantized,
-        complex32), naming the dtype.
+      TypeError: for tensors numpy cannot hold (packed 4-bit floats, quantized,
+        complex32, sparse), naming the dtype or layout and the fix.
     """
-    tensor = tensor.detach().cpu()
+    tensor = tensor.detach()
+    _check_portable(tensor)
+    tensor = tensor.cpu()
     name = str(tensor.dtype).removeprefix("torch.")
     if name in _VIEWED:
         torch = import_torch()
         dtype, through = _VIEWED[name]
         return tensor.contiguous().view(getattr(torch, through)).numpy().view(dtype).copy()
-    try:
-        return tensor.numpy().copy()
-    except TypeError as error:
+    return tensor.numpy().copy()
+
+
+def _check_portable(tensor: Any) -> None:
+    """Raises TypeError, saying the fix, for a tensor numpy cannot hold."""
+    layout = str(getattr(tensor, "layout", "torch.strided"))
+    if layout != "torch.strided":
         raise TypeError(
-            f"A torch tensor of dtype {tensor.dtype} has no numpy equivalent, so it cannot be "
-            "ported; convert it (e.g. `.to(torch.float32)`) first."
-        ) from error
+            f"A torch tensor of layout {layout} (not dense) cannot be ported; save it dense "
+            "(`.to_dense()`) first."
+        )
+    numpy_dtype_of(tensor.dtype)
 
 
 def numpy_dtype_of(torch_dtype: Any) -> np.dtype:
-    """The numpy dtype `torch_to_numpy` gives for a torch dtype."""
+    """The numpy dtype `torch_to_numpy` gives for a torch dtype.
+
+    Raises:
+      TypeError: for a dtype numpy cannot hold (complex32, packed 4-bit floats,
+        quantized), naming it and the fix.
+    """
     name = str(torch_dtype).removeprefix("torch.")
     if name in _VIEWED:
         return _VIEWED[name][0]
     torch = import_torch()
-    return torch.empty(0, dtype=torch_dtype).numpy().dtype
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "ComplexHalf support is experimental"
+            return torch.empty(0, dtype=torch_dtype).numpy().dtype
+    except (TypeError, RuntimeError):
+        quantized = name.startswith(("qint", "quint"))
+        fix = "`.dequantize()` it" if quantized else "convert it to a dtype numpy holds"
+        raise TypeError(
+            f"A torch tensor of dtype {torch_dtype} has no numpy equivalent, so it cannot be "
+            f"ported; {fix} first."
+        ) from None
 
 
 def numpy_to_torch(array: np.ndarray) -> Any:
@@ -189,12 +212,21 @@ def _check_readable(path: str | os.PathLike) -> tuple[str, bytes, int]:
 
 
 def _format_of(start: bytes, size: int) -> str | None:
+    """The format a file's first bytes say: `"safetensors"`, `"torch"`, or None.
+
+    A safetensors file starts with its header's length, which may be any 8
+    bytes: a length of 640 starts with the bytes of a pickle (0x80 0x02), so a
+    header (a `{` after a length that fits the file) is looked for first.
+    """
+    header = start[8:9] == b"{"
+    if header and int.from_bytes(start[:8], "little") <= size - 8:
+        return "safetensors"
     if start.startswith(b"PK\x03\x04"):
         return "torch"
     if start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "torch"  # a legacy (pre-zip) torch.save pickle
-    if len(start) >= 9 and start[8:9] == b"{":
-        return "safetensors"
+    if header:
+        return "safetensors"  # its length does not fit: the reader says how
     return None
 
 
@@ -256,7 +288,10 @@ def _open_safetensors(name: str, size: int) -> Checkpoint:
 
     def read(key: str) -> np.ndarray:
         with open(name, "rb") as file:
-            return read_tensor(file, header, key)
+            try:
+                return read_tensor(file, header, key)
+            except ValueError as error:  # the file shrank since it was opened
+                raise ValueError(f"{name!r}: {error} Was it changed while being read?") from None
 
     specs = {key: (shape, dtype) for key, (dtype, shape, _, _) in header.tensors.items()}
     return Checkpoint(name, "safetensors", specs, read, bool(provenance.get("ordered")), provenance)
@@ -265,12 +300,11 @@ def _open_safetensors(name: str, size: int) -> Checkpoint:
 def _open_torch(name: str) -> Checkpoint:
     torch = import_torch()
     try:
-        try:
-            state = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            state = torch.load(name, map_location="cpu", weights_only=True)  # a legacy file
+        # torch's warnings (about pickle protocols, its own future defaults) speak of
+        # options weightnorm never takes: the refusal below says what matters.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = _torch_load(torch, name)
     except Exception as error:
         raise ValueError(_torch_load_error(name, error)) from None
     if not isinstance(state, Mapping):
@@ -281,14 +315,41 @@ def _open_torch(name: str) -> Checkpoint:
             f"{name!r} is not a flat state dict: {not_tensors} hold no tensor. Save "
             "`model.state_dict()` itself (or the sub-dict that holds the weights)."
         )
-    specs = {key: (tuple(value.shape), numpy_dtype_of(value.dtype)) for key, value in state.items()}
+    not_strings = [key for key in state if not isinstance(key, str)]
+    if not_strings:
+        raise ValueError(
+            f"{name!r} has keys that are not strings ({not_strings[:5]}): a state dict names "
+            "its tensors with strings."
+        )
+    specs = {}
+    for key, value in state.items():
+        try:
+            _check_portable(value)
+        except TypeError as error:
+            raise ValueError(f"{name!r}: tensor {key!r}: {error}") from None
+        specs[key] = (tuple(value.shape), numpy_dtype_of(value.dtype))
     return Checkpoint(name, "torch", specs, lambda key: torch_to_numpy(state[key]), True, {})
+
+
+def _torch_load(torch: Any, name: str) -> Any:
+    """`torch.load` of tensors only, memory mapped where the file allows it."""
+    if name.endswith(".safetensors"):
+        # torch.load hands a path so named to the safetensors reader, whatever it holds:
+        # a file object is read as what it is (without mmap, which needs a path).
+        with open(name, "rb") as file:
+            return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(name, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(name, map_location="cpu", weights_only=True)  # a legacy file
 
 
 def _torch_load_error(name: str, error: Exception) -> str:
     """Why torch could not load a file, without torch's advice to unpickle anything."""
     text = str(error)
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    refused = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", text)
     if refused or "weights_only" in text.lower() or type(error).__name__ == "UnpicklingError":
         what = f" ({refused.group(1)})" if refused else ""
         return (
@@ -339,52 +400,67 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: tuple[str,
     """The file to write for `path`, or an error saying why it must not be written.
 
     Refuses, whatever `overwrite` says, a path that is one of `inputs` (the
-    same file under any name), a directory, a FIFO or device, a file with
-    other hard links (replacing it would leave them the old data), or one
-    whose directory does not exist; refuses an existing file unless
-    `overwrite`. A symbolic link is followed: its target is what gets
-    replaced.
+    same file under any name: a hard link, a symbolic link), a directory, a
+    FIFO or device (or a symbolic link to one), a file with other hard links
+    (replacing it would leave them the old data), or one whose directory does
+    not exist; refuses an existing file unless `overwrite`. A symbolic link is
+    followed: its target is what gets written.
 
     Raises:
       FileExistsError: for an existing file without `overwrite`.
       ValueError: for every other refusal, naming the path.
     """
     name = os.fspath(path)
-    target = os.path.realpath(name) if os.path.islink(name) else name
+    if not name:
+        raise ValueError("The output path is empty; name the file to write.")
+    if name.endswith(os.sep) or (os.altsep and name.endswith(os.altsep)):
+        raise ValueError(f"{name!r} names a directory (it ends with {name[-1]!r}); name a file.")
+    link = os.path.islink(name)
+    target = os.path.realpath(name) if link else name
+    shown = f"{name!r} (a symbolic link to {target!r})" if link else repr(name)
     for source in inputs:
-        if os.path.exists(target) and os.path.samefile(target, source):
-            raise ValueError(f"{name!r} is the input file {source!r}; write elsewhere.")
+        if os.path.exists(target) and os.path.exists(source) and os.path.samefile(target, source):
+            raise ValueError(f"{shown} is the input file {source!r}; write elsewhere.")
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
-        raise ValueError(f"Cannot write {name!r}: its directory {directory!r} {what}.")
+        raise ValueError(f"Cannot write {shown}: its directory {directory!r} {what}.")
     if os.path.lexists(target):
         info = os.stat(target)
         if stat.S_ISDIR(info.st_mode):
-            raise ValueError(f"{name!r} is a directory; give a file name inside it.")
+            raise ValueError(f"{shown} is a directory; give a file name inside it.")
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{name!r} is not a regular file (a FIFO, socket or device).")
+            raise ValueError(
+                f"{shown} is not a regular file (a FIFO, socket or device); give a file name."
+            )
         if not overwrite:
             raise FileExistsError(
-                f"{name!r} exists; choose another path, or allow replacing it "
+                f"{shown} exists; choose another path, or allow replacing it "
                 "(`--force`, `overwrite=True`)."
             )
         if info.st_nlink > 1:
             raise ValueError(
-                f"{name!r} has {info.st_nlink} hard links; replacing it would leave the other "
+                f"{shown} has {info.st_nlink} hard links; replacing it would leave the other "
                 "names with the old data. Remove it first, or write elsewhere."
             )
     return target
 
 
 @contextlib.contextmanager
-def atomic_output(target: str, *, overwrite: bool) -> Iterator[BinaryIO]:
+def atomic_output(target: str, *, overwrite: bool, name: str | None = None) -> Iterator[BinaryIO]:
     """A binary file that appears at `target` only if the block completes.
 
-    The file is created unnamed (Linux `O_TMPFILE`) in `target`'s directory, or
-    where that is not possible as a hidden temporary there, removed on any
-    error; it gets the mode that the umask gives a new file. On success it is
-    linked into place: beside nothing unless `overwrite`, else replacing.
+    The file is created unnamed (Linux `O_TMPFILE`) in `target`'s directory, so
+    a process killed midway leaves nothing behind; where that is not possible,
+    as a hidden temporary there, removed on any error (a kill leaves it, but
+    `SafetensorsWriter` writes its header length last, so it never loads). It
+    gets the mode that the umask gives a new file. On success it is linked
+    into place: beside nothing unless `overwrite`, else replacing atomically.
+
+    Args:
+      target: the file to write (as `check_output` returns it).
+      overwrite: replace a file at `target`.
+      name: how to call the file in errors (the user's own path).
 
     Raises:
       FileExistsError: when `target` appeared meanwhile and `overwrite` is False.
@@ -393,6 +469,8 @@ def atomic_output(target: str, *, overwrite: bool) -> Iterator[BinaryIO]:
     base = os.path.basename(target)
     temporary = None
     try:
+        if not os.path.isdir("/proc/self/fd"):  # an unnamed file is linked through /proc
+            raise OSError("no /proc")
         fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o666)
     except (AttributeError, OSError):
         temporary = os.path.join(directory, f".{base}.partial-{os.urandom(6).hex()}")
@@ -402,24 +480,43 @@ def atomic_output(target: str, *, overwrite: bool) -> Iterator[BinaryIO]:
             yield file
             file.flush()
             os.fsync(file.fileno())
-            _place(file.fileno(), temporary, directory, target, overwrite)
+            _place(file.fileno(), temporary, directory, base, overwrite, name or target)
     finally:
         if temporary is not None and os.path.lexists(temporary):
             os.unlink(temporary)
 
 
-def _place(fd: int, temporary: str | None, directory: str, target: str, overwrite: bool) -> None:
-    """Links the finished file at `target` (a no-clobber link, or an atomic replace)."""
-    source = temporary if temporary is not None else f"/proc/self/fd/{fd}"
+def _place(
+    fd: int, temporary: str | None, directory: str, base: str, overwrite: bool, shown: str
+) -> None:
+    """Links the finished file at `base` in `directory` (no-clobber, or an atomic replace).
+
+    No second name of the finished file outlives this call: a hidden temporary
+    is unlinked (or renamed) at once, before the directory is synced.
+    """
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        base = os.path.basename(target)
-        if not overwrite:
-            os.link(source, base, dst_dir_fd=dir_fd, follow_symlinks=True)
-        else:
+        if temporary is not None and overwrite:
+            os.replace(temporary, base, dst_dir_fd=dir_fd)
+        elif not overwrite:
+            source = temporary if temporary is not None else f"/proc/self/fd/{fd}"
+            try:
+                os.link(source, base, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{shown!r} appeared while it was being written; it was left as it is. "
+                    "Choose another path, or allow replacing it (`--force`, `overwrite=True`)."
+                ) from None
+            if temporary is not None:
+                os.unlink(temporary)
+        else:  # an unnamed file replaces through a hidden name, renamed over the target
             staged = f".{base}.replace-{os.urandom(6).hex()}"
-            os.link(source, staged, dst_dir_fd=dir_fd, follow_symlinks=True)
-            os.replace(staged, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.link(f"/proc/self/fd/{fd}", staged, dst_dir_fd=dir_fd, follow_symlinks=True)
+            try:
+                os.replace(staged, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                os.unlink(staged, dir_fd=dir_fd)
+                raise
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
@@ -486,7 +583,7 @@ def write_arrays(
     """Writes numpy arrays as a safetensors file, checked and atomic (`save_safetensors`)."""
     target = check_output(path, overwrite=overwrite, inputs=inputs)
     specs = [(key, array.shape, array.dtype) for key, array in arrays.items()]
-    with atomic_output(target, overwrite=overwrite) as file:
+    with atomic_output(target, overwrite=overwrite, name=os.fspath(path)) as file:
         writer = SafetensorsWriter(file, specs, metadata)
         for key, array in arrays.items():
             writer.write(key, array)

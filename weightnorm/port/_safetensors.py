@@ -35,6 +35,7 @@ DTYPES: dict[str, np.dtype] = {
     "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
     "C64": np.dtype("<c8"),
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
@@ -91,12 +92,15 @@ def read_header(file: BinaryIO, size: int, name: str) -> Header:
             "length field: it is truncated, or not a safetensors file."
         )
     try:
-        raw = json.loads(file.read(length).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{name} has a header that is not valid JSON ({error}).") from error
+        raw = json.loads(file.read(length).decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        raise ValueError(f"{name} has a header that names {error.args[0]!r} twice.") from None
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, huge ints
+        raise ValueError(f"{name} has a header that is not valid JSON ({error}).") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{name} has a header that is not a JSON object.")
-    metadata = raw.pop(METADATA, {}) or {}
+    metadata = raw.pop(METADATA, None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -114,12 +118,31 @@ def read_header(file: BinaryIO, size: int, name: str) -> Header:
                 "(overlapping or missing bytes)."
             )
         cursor = end
-    if cursor != data_size:
+    if cursor > data_size:
         raise ValueError(
             f"{name}: its tensors take {cursor} bytes but the file holds {data_size} after the "
-            "header: it is truncated or has trailing bytes."
+            "header: it is truncated."
+        )
+    if cursor < data_size:
+        raise ValueError(
+            f"{name}: its tensors take {cursor} bytes but the file holds {data_size} after the "
+            f"header: {data_size - cursor} trailing bytes belong to no tensor."
         )
     return Header(tensors, metadata, data_start)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (`json` would keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _valid_ints(values: Any) -> bool:

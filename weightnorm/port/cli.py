@@ -6,8 +6,12 @@ array in the destination's layout and each weight norm kept as direction plus
 `<weight>/scale`. Its metadata records the source framework, every layer's
 kind and every weight norm's feature axes and epsilon, so `weightnorm.port.load`
 (or `convert IN` again) reads it back without guessing anything. The file is
-written as a stream (one layer in memory at a time) and atomically; an
-existing file is replaced only with `--force`, and never the input.
+written as a stream (one layer in memory at a time) and atomically: a run
+stopped at any point, even killed, leaves no partial file that loads (on
+Linux, nothing at all). It gets the mode the umask gives;
+an existing file is replaced only with `--force`, and never the input under
+any name. A symbolic link at the output is written through; a file with other
+hard links, a FIFO, a device or a directory is refused.
 
 Exit codes: 0 written; 2 refused (a usage mistake, an unreadable input, an
 output that must not be written, a port that cannot be exact), nothing
@@ -21,6 +25,7 @@ import argparse
 import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,7 +141,8 @@ def _target(source: ModelView, layers: list[Layer], dst: str) -> ModelView:
             if dst == "torch":  # the parametrizations API, `g` keeping the reduced axes
                 stem = separator.join(filter(None, (path, "parametrizations", leaf.name)))
                 key, scale = f"{stem}.original1", f"{stem}.original0"
-                scale_shape = [sizes[n] if n in held else 1 for n in dst_names]
+                # torch's `dim=None` keeps a 0-d `g`, which its modules load back as such
+                scale_shape = [sizes[n] if n in held else 1 for n in dst_names] if held else []
             else:
                 scale, scale_shape = (
                     core.scale_path(key),
@@ -187,7 +193,12 @@ def convert_file(
         naming the path and the fix; nothing is written.
     """
     target_path = check_output(output_path, overwrite=overwrite, inputs=(input_path,))
-    checkpoint = load_checkpoint(input_path)
+    try:
+        checkpoint = load_checkpoint(input_path)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and not error.filename:
+            raise  # load_checkpoint's own sentence
+        raise _Usage(f"cannot read {os.fspath(input_path)!r}: {error.strerror or error}") from None
     src = src or checkpoint.framework
     if checkpoint.provenance and src != checkpoint.framework:
         raise _Usage(
@@ -217,7 +228,7 @@ def convert_file(
                 f"--kind '{re.escape(layer.path)}={kind}'" for kind in layer.kinds
             )
             problems.append(
-                f"{layer.path!r} could be a {' or a '.join(layer.kinds)}: say which, {options}"
+                f"{layer.path!r} could be {' or '.join(map(_a, layer.kinds))}: say which, {options}"
             )
     if problems:
         raise PortError("Cannot convert the checkpoint:\n  - " + "\n  - ".join(problems))
@@ -241,13 +252,18 @@ def convert_file(
     }
     specs = [(key, spec[0], spec[1]) for key, spec in target.specs.items()]
     bar = _progress_bar(checkpoint, progress)
-    with atomic_output(target_path, overwrite=overwrite) as file:
+    with atomic_output(target_path, overwrite=overwrite, name=os.fspath(output_path)) as file:
         writer = SafetensorsWriter(file, specs, provenance_metadata(provenance))
         pairings = plan.run(writer.write, progress=None if bar is None else bar.update)
         writer.finish()
     if bar is not None:
         bar.close()
     return pairings, len(specs)
+
+
+def _a(kind: str) -> str:
+    """A kind with its article: "a dense", "an embed"."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def _same_everywhere(layer: Layer) -> bool:
@@ -319,6 +335,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"error: converting {args.input!r} failed unexpectedly (above); nothing was written. "
+            "This is a bug in weightnorm: please report it with the lines above.",
+            file=sys.stderr,
+        )
+        return 1
     print(format_report(pairings))
     print(f"\nwrote {count} arrays to {os.fspath(args.output)}")
     return 0

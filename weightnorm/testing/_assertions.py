@@ -197,24 +197,66 @@ def assert_same_function(
 
 
 def assert_params_equal(actual: Any, expected: Any) -> None:
-    """Asserts two pytrees are bitwise equal: structure, shapes, dtypes and values (NaN == NaN).
+    """Asserts two pytrees are bitwise equal: structure, and each leaf's dtype, shape and bits.
+
+    Array leaves are compared by their raw bytes, so `+0.0` and `-0.0` differ,
+    and so do two NaNs with different payloads (a NaN equals the same NaN);
+    leaves that are not arrays (functions, strings) are compared with `==`.
 
     Raises:
-      AssertionError: naming the path of the first differing leaf and the
-        largest difference.
+      AssertionError: naming the path of the first differing leaf, and what
+        differs: the structure (leaves only on one side), the dtype, the shape,
+        or the bits (how many elements, the first one's index, both values and
+        their bit patterns).
 
     Examples:
       >>> import numpy as np
       >>> assert_params_equal({"w": np.ones(2, np.float32)}, {"w": np.ones(2, np.float32)})
+      >>> assert_params_equal({"w": np.zeros(1)}, {"w": -np.zeros(1)})  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      AssertionError: The params differ at leaf 'w': 1 of 1 elements differ in their bits; ...
     """
     a_leaves, b_leaves = _same_structure(actual, expected, "params")
     for path, a_leaf in a_leaves.items():
-        a, b = np.asarray(a_leaf), np.asarray(b_leaves[path])
+        b_leaf = b_leaves[path]
+        a, b = np.asarray(a_leaf), np.asarray(b_leaf)
+        if a.dtype.kind in "OUS" or b.dtype.kind in "OUS":  # functions, strings: by ==
+            same = a_leaf == b_leaf if a.dtype == object else np.array_equal(a, b)
+            if not same:
+                raise AssertionError(
+                    f"The params differ at leaf {path!r}: {a_leaf!r} vs {b_leaf!r}."
+                )
+            continue
         if a.dtype != b.dtype:
             raise AssertionError(
                 f"The params differ at leaf {path!r}: dtype {a.dtype} vs {b.dtype}."
             )
-    assert_trees_close(actual, expected, rtol=0.0, atol=0.0, what="params")
+        if a.shape != b.shape:
+            raise AssertionError(
+                f"The params differ at leaf {path!r}: shape {a.shape} vs {b.shape}."
+            )
+        a_bits, b_bits = _bits(a), _bits(b)
+        differ = (a_bits != b_bits).any(axis=-1)
+        if differ.any():
+            index = tuple(int(i) for i in np.argwhere(differ)[0])
+            raise AssertionError(
+                f"The params differ at leaf {path!r}: {int(differ.sum())} of {differ.size} "
+                f"elements differ in their bits; the first at index {index}: actual "
+                f"{a[index].item()!r} (bits {_hex(a_bits[index])}), expected "
+                f"{b[index].item()!r} (bits {_hex(b_bits[index])}) ({a.dtype})."
+            )
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """Each element's raw bytes: an array of shape `array.shape + (itemsize,)`, uint8."""
+    flat = np.array(array, order="C").reshape(-1)
+    return flat.view(np.uint8).reshape(*array.shape, array.dtype.itemsize)
+
+
+def _hex(element_bytes: np.ndarray) -> str:
+    """An element's bit pattern in hex, most significant byte first (little-endian data)."""
+    return "0x" + bytes(element_bytes[::-1]).hex()
 
 
 def assert_weight_normed(
