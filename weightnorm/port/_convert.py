@@ -333,23 +333,32 @@ def _plan_weight_norm(
 # --- casting -------------------------------------------------------------------------------
 
 
+def _floating(dtype: Any) -> bool:
+    """A floating or complex dtype, bfloat16 and float8 (numpy calls those kind 'V') too."""
+    return np.dtype(dtype).kind in "fc" or bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def _wide(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
+
+
 def _cast(key: str, value: np.ndarray, dtype: np.dtype, to: str) -> tuple[np.ndarray, str, str]:
-    """`value` as `dtype`: (the array, a note for the report, or a problem)."""
+    """`value` as `dtype`: (the array, a note for the report, or a problem).
+
+    Between floating dtypes a cast is made when it keeps every finite value finite
+    (rounding is named in the report); any other cast only when every value survives
+    the way there and back. Complex values never go into a real dtype.
+    """
     value = np.asarray(value)
     if value.dtype == dtype:
         return value, "", ""
     note = f"{key}: {value.dtype} -> {dtype}"
-    floats = np.dtype(value.dtype).kind in "fc" and np.dtype(dtype).kind in "fc"
+    if value.dtype.kind == "c" and np.dtype(dtype).kind != "c":
+        return value, note, f"{to} is {dtype}, which cannot hold the complex {key!r}"
     with np.errstate(over="ignore", invalid="ignore"):
         cast = value.astype(dtype)
-    if floats:
-        if np.dtype(value.dtype).kind == "c" and np.dtype(dtype).kind != "c":
-            return cast, note, f"{to} is {dtype}, which cannot hold the complex {key!r}"
-        made = np.isfinite(value.astype(np.complex128 if value.dtype.kind == "c" else np.float64))
-        if (
-            made
-            & ~np.isfinite(cast.astype(np.complex128 if cast.dtype.kind == "c" else np.float64))
-        ).any():
+    if _floating(value.dtype) and _floating(dtype):
+        if (np.isfinite(_wide(value)) & ~np.isfinite(_wide(cast))).any():
             return (
                 cast,
                 note,
@@ -361,7 +370,7 @@ def _cast(key: str, value: np.ndarray, dtype: np.dtype, to: str) -> tuple[np.nda
         return cast, note, ""
     with np.errstate(over="ignore", invalid="ignore"):
         back = cast.astype(value.dtype)
-    if not np.array_equal(back, value, equal_nan=value.dtype.kind in "fc"):
+    if not np.array_equal(back, value, equal_nan=_floating(value.dtype)):
         return (
             cast,
             note,

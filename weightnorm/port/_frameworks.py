@@ -562,7 +562,8 @@ def _torch_weight_norms(
         if any(len(keys) > 1 for keys in found.values()) or "w" in found:
             problems.append(
                 f"{sorted(k for keys in found.values() for k in keys)} hold the same parameter "
-                f"{name!r} of {_where(path)} twice (both weight-norm APIs, or a plain weight "
+                f"{name!r} of {repr(path) if path else 'the top-level module'} twice (both "
+                "weight-norm APIs, or a plain weight "
                 "beside a weight-normed one); keep one"
             )
             continue
@@ -610,6 +611,7 @@ def _read_torch(obj: Any, example: Any) -> ModelView:
         state = obj
         if isinstance(obj, Checkpoint):
             ordered = obj.ordered
+            kinds = dict(obj.provenance.get("layers", {}))  # a file weightnorm wrote says them
         else:
             # `state_dict()` and `torch.load` give OrderedDicts in declaration order; a
             # plain dict (a dict comprehension, a safetensors file) says no order.

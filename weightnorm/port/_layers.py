@@ -255,8 +255,7 @@ def same_transform(a: Layer, b: Layer, kinds: list[str]) -> bool:
     A LayerNorm and a GroupNorm store the same vectors alike, so which of them a
     pair of name-matched layers is does not matter; a Conv1d and a ConvTranspose1d
     do not (a flip and a transpose differ), unless both sides use one layout (a
-    port within one framework moves nothing). With `a is b`, whether the kinds'
-    canonical layouts and the layer's own agree.
+    port within one framework moves nothing).
     """
 
     def moves(kind: str) -> tuple[Any, ...]:
@@ -264,7 +263,7 @@ def same_transform(a: Layer, b: Layer, kinds: list[str]) -> bool:
         return tuple(
             # The same layout on both sides moves nothing, whatever the kind says it holds.
             (role, "as it is")
-            if a is not b and a.layout(role, kind) == b.layout(role, kind)
+            if a.layout(role, kind) == b.layout(role, kind)
             else (role, a.canonical(role, kind), a.layout(role, kind), b.layout(role, kind))
             for role in roles
         )

@@ -40,7 +40,7 @@ from ._checkpoint import (
     load_checkpoint,
     provenance_metadata,
 )
-from ._convert import Spelling, format_report, port_views
+from ._convert import Spelling, apply_kinds, format_report, port_views
 from ._frameworks import FRAMEWORKS, ModelView, PortError, read_model
 from ._layers import (
     Layer,
@@ -48,7 +48,6 @@ from ._layers import (
     canonical_shape,
     feature_axes,
     read_layers,
-    same_transform,
 )
 from ._layouts import TENSOR, axis_names
 from ._pairing import resolve_kinds
@@ -58,7 +57,7 @@ __all__ = ["add_parser", "run", "convert_file"]
 
 #: Every framework the CLI can write: all of the registry's.
 DESTINATIONS = tuple(FRAMEWORKS)
-CLI = Spelling(kinds="--kind REGEX=KIND", feature_axes="feature axes")
+CLI = Spelling(kinds="--kind", feature_axes="feature axes", mapping="--kind")
 
 
 class _Usage(ValueError):
@@ -207,23 +206,10 @@ def convert_file(
         )
     source = read_model(checkpoint, src, "src")
     layers = read_layers(source)
-    rules = kinds or {}
-    problems = []
-    for pattern, kind in rules.items():
-        matched = [layer for layer in layers if re.fullmatch(pattern, layer.path)]
-        if not matched:
-            problems.append(f"--kind rule {pattern!r} matches no layer of the input")
-        for layer in matched:
-            if kind not in layer.kinds:
-                problems.append(
-                    f"--kind says {layer.path!r} is a {kind!r}, but its parameters fit only "
-                    f"{list(layer.kinds)}"
-                )
-            else:
-                layer.kinds = (kind,)
+    problems = apply_kinds(layers, kinds, CLI)
     for layer in layers:
         layer.kinds = resolve_kinds(layer, [])
-        if len(layer.kinds) > 1 and not _same_everywhere(layer):
+        if len(layer.kinds) > 1 and not _same_everywhere(layer, dst):
             options = " or ".join(
                 f"--kind '{re.escape(layer.path)}={kind}'" for kind in layer.kinds
             )
@@ -266,9 +252,19 @@ def _a(kind: str) -> str:
     return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
-def _same_everywhere(layer: Layer) -> bool:
-    """Whether every kind a layer might be moves its arrays alike (LayerNorm or GroupNorm)."""
-    return same_transform(layer, layer, list(layer.kinds))
+def _same_everywhere(layer: Layer, dst: str) -> bool:
+    """Whether every kind a layer might be moves its arrays alike into `dst` (LayerNorm or
+    GroupNorm do; a Conv1d and a ConvTranspose1d do not)."""
+
+    def moves(kind: str) -> tuple[Any, ...]:
+        table = FRAMEWORKS[dst].layouts.get(kind, {})
+        return tuple(
+            (role, layer.canonical(role, kind), layer.layout(role, kind), table[role].layout)
+            for role in sorted(layer.params)
+            if role in table
+        )
+
+    return len({moves(kind) for kind in layer.kinds}) == 1
 
 
 def _progress_bar(checkpoint: Checkpoint, wanted: bool) -> Any:
