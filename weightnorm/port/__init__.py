@@ -22,6 +22,7 @@ from ._convert import Pairing as Pairing
 from ._convert import convert as convert
 from ._convert import format_report as format_report
 from ._convert import load as load
+from ._convert import save as save
 from ._frameworks import FRAMEWORKS as FRAMEWORKS
 from ._frameworks import Framework as Framework
 from ._frameworks import PortError as PortError
@@ -56,5 +57,6 @@ __all__ = [
     "load_torch",
     "cli",
     "read_model",
+    "save",
     "save_safetensors",
 ]

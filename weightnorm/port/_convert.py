@@ -29,6 +29,7 @@ from ._pairing import PYTHON, Mapping_, Spelling, pair_kind, pair_layers
 __all__ = [
     "convert",
     "load",
+    "save",
     "port_views",
     "apply_kinds",
     "Pairing",
@@ -693,6 +694,78 @@ def _leaf(view: ModelView, key: str) -> Any:
         return view.flat[key]
     except Exception:
         return None
+
+
+def save(
+    params: Any,
+    path: Any,
+    *,
+    src: str,
+    example: Any = None,
+    overwrite: bool = False,
+) -> None:
+    """A model's parameters as a safetensors file that says where they came from.
+
+    The file holds every leaf under its flat key, as it is, and records the
+    provenance `load` reads back: the framework, each layer's kind, each weight
+    norm's direction, scale, feature axes and epsilon where the model says them,
+    and whether the keys are in the model's own order. Written atomically, never
+    over an existing file unless `overwrite`.
+
+    Args:
+      params: a model or params of `src` (as `convert` takes them).
+      path: the file to write.
+      src: its framework.
+      example: inputs to trace a Linen module or Haiku function with.
+      overwrite: replace an existing file.
+
+    Examples:
+      >>> import jax, tempfile, pathlib, equinox as eqx
+      >>> from weightnorm.adapters import equinox as we
+      >>> model = we.WeightNorm(eqx.nn.Linear(3, 2, key=jax.random.key(0)), feature_axes=1)
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "linear.safetensors"
+      >>> save(model, path, src="equinox")
+      >>> from weightnorm.port import load_checkpoint
+      >>> load_checkpoint(path).provenance["weight_norms"][0]["feature_axes"]
+      [1]
+    """
+    from ._checkpoint import provenance_metadata, write_arrays
+
+    view = read_model(params, src, "src", example)
+    layers = read_layers(view)
+    skip = _collections(view)
+    provenance = {
+        "framework": src,
+        "source": src,
+        "ordered": view.order is not None,
+        "order_kind": view.order_kind,
+        "collections": skip,
+        "layers": {layer.path: layer.kind for layer in layers if len(layer.kinds) == 1},
+        "weight_norms": [
+            {
+                "weight": w.weight,
+                "scale": w.scale,
+                "layer": w.layer,
+                "wrapper": w.wrapper,
+                "feature_axes": None if w.feature_axes is None else list(w.feature_axes),
+                "epsilon": w.epsilon,
+            }
+            for w in view.weight_norms.values()
+            if w.scale is not None
+        ],
+    }
+    arrays = {key: np.array(view.flat[key]) for key in view.flat}
+    write_arrays(arrays, path, provenance_metadata(provenance), overwrite=overwrite)
+
+
+def _collections(view: ModelView) -> int:
+    """How many leading segments of a key name a collection (Linen's `params/`), not a module."""
+    first = next(iter(view.flat), None)
+    if first is None or FRAMEWORKS[view.framework].separator != "/":
+        return 0
+    located = "/".join(filter(None, view.locate(first)))
+    prefix = first[: len(first) - len(located)].strip("/")
+    return len(prefix.split("/")) if prefix else 0
 
 
 def load(

@@ -715,16 +715,23 @@ def _read_checkpoint_as(framework: str) -> Callable[[Any, Any], ModelView]:
             w["weight"]: NormalizedWeight(
                 w["weight"],
                 w.get("scale"),
-                w["weight"].rsplit("/", 1)[0],
-                w["weight"].rsplit("/", 1)[0],
+                w.get("layer", w["weight"].rsplit("/", 1)[0]),
+                w.get("wrapper", w["weight"].rsplit("/", 1)[0]),
                 None if w.get("feature_axes") is None else tuple(w["feature_axes"]),
                 w.get("epsilon"),
             )
             for w in provenance.get("weight_norms", [])
         }
         kinds = dict(provenance.get("layers", {}))
-        locate = _slash_locate(0)
+        skip = int(provenance.get("collections", 0))  # Linen variables keep `params/` first
+        locate = _slash_locate(skip)
         order = _tree_order(locate(key)[0] for key in obj) if obj.ordered else None
+        prefix = "/".join(next(iter(obj), "").split("/")[:skip])
+        unprefixed = {  # wrappers and layers are module paths, without the collection
+            key: dataclasses.replace(w, weight=w.weight.removeprefix(f"{prefix}/"))
+            for key, w in weights.items()
+        }
+        hidden = _hidden(unprefixed)
         return ModelView(
             framework,
             obj,
@@ -732,9 +739,10 @@ def _read_checkpoint_as(framework: str) -> Callable[[Any, Any], ModelView]:
             locate,
             kinds,
             weights,
-            frozenset(),
+            hidden,
             order,
             lambda new: dict(new),
+            provenance.get("order_kind", "declaration"),
         )
 
     return read
@@ -823,7 +831,29 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (LINEN, NNX, HAIKU, EQUIN
 
 
 def read_model(obj: Any, framework: str, argument: str, example: Any = None) -> ModelView:
-    """The view of `obj`, a model or params of `framework` (or a checkpoint file's)."""
+    """The port's view of a model: its leaves flat, their layers, weight norms and order.
+
+    What `convert` reads both sides with; `weightnorm.testing` builds on it too.
+
+    Args:
+      obj: a model or params of `framework`, or a `Checkpoint`.
+      framework: a name of `FRAMEWORKS`.
+      argument: how errors name `obj` (`"src"`, `"dst"`).
+      example: inputs to trace a Linen module or Haiku function with.
+
+    Returns:
+      A `ModelView`.
+
+    Raises:
+      ValueError: for an unknown framework.
+      TypeError: when `obj` is not a model of `framework`, or is None.
+
+    Examples:
+      >>> import numpy as np
+      >>> view = read_model({"fc.weight": np.ones((3, 2)), "fc.bias": np.zeros(3)}, "torch", "src")
+      >>> sorted(view.flat), view.order is None  # a plain dict keeps no order of its own
+      (['fc.bias', 'fc.weight'], True)
+    """
     if framework not in FRAMEWORKS:
         raise ValueError(f"`{argument}` must be one of {list(FRAMEWORKS)}, got {framework!r}.")
     if obj is None:
