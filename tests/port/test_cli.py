@@ -11,7 +11,6 @@ import contextlib
 import errno
 import io
 import os
-import signal
 import stat
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from hypothesis import strategies as st
 
 from weightnorm.__main__ import main
 from weightnorm.port import convert, load_checkpoint, save_safetensors
+
+from ._guards import both_weight_norm_styles, deadline, umask
 
 FRAMEWORKS = ("linen", "haiku", "equinox", "nnx", "torch")
 
@@ -56,20 +57,6 @@ def _linear_checkpoint(path: Path) -> bytes:
     )
     torch.save(model.state_dict(), path)
     return path.read_bytes()
-
-
-@contextlib.contextmanager
-def _deadline(seconds: int):
-    def expire(signum, frame):
-        raise AssertionError(f"blocked for {seconds} s (opened a FIFO?)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _same_bits(actual, expected, what: str) -> None:
@@ -138,12 +125,12 @@ def test_links_fifos_and_devices_at_the_output_are_written_through_or_refused(
     assert Path("a.safetensors").read_text() == Path("b.safetensors").read_text() == "shared"
     # a device behind a link, and a FIFO: refused, never opened, never replaced
     os.symlink("/dev/full", "full.safetensors")
-    with _deadline(20):
+    with deadline(20):
         err = _refused(capsys, "m.pt", "--to", "haiku", "-o", "full.safetensors", "--force")
     assert "'full.safetensors' (a symbolic link to '/dev/full') is not a regular file" in err
     assert Path("full.safetensors").is_symlink()
     os.mkfifo("fifo")
-    with _deadline(20):
+    with deadline(20):
         err = _refused(capsys, "m.pt", "--to", "haiku", "-o", "fifo", "--force")
     assert "error: 'fifo' is not a regular file" in err
     assert stat.S_ISFIFO(os.lstat("fifo").st_mode)
@@ -152,13 +139,10 @@ def test_links_fifos_and_devices_at_the_output_are_written_through_or_refused(
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
 def test_the_output_gets_the_umasks_mode(tmp_path, capsys, mask):
     _linear_checkpoint(tmp_path / "m.pt")
-    old = os.umask(mask)
-    try:
+    with umask(mask):
         status, _, _ = _cli(
             capsys, tmp_path / "m.pt", "--to", "haiku", "-o", tmp_path / "o.safetensors"
         )
-    finally:
-        os.umask(old)
     assert status == 0
     assert stat.S_IMODE(os.stat(tmp_path / "o.safetensors").st_mode) == 0o666 & ~mask
 
@@ -431,12 +415,7 @@ def test_keys_that_collide_are_all_named(tmp_path, capsys):
 
 
 def test_a_layer_with_both_torch_weight_norm_styles_is_refused(tmp_path, capsys):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        old = torch.nn.utils.weight_norm(torch.nn.Linear(3, 4))
-    state = dict(old.state_dict())
-    state["parametrizations.weight.original0"] = state["weight_g"] * 2
-    state["parametrizations.weight.original1"] = state["weight_v"] * 2
+    state = both_weight_norm_styles()
     torch.save(state, tmp_path / "both.pt")
     err = _refused(capsys, tmp_path / "both.pt", "--to", "linen", "-o", tmp_path / "o.safetensors")
     assert "'weight_g', 'weight_v'] hold the same parameter 'weight'" in err

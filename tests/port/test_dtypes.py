@@ -4,7 +4,6 @@ variable with their inputs."""
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 
 import jax
@@ -15,6 +14,8 @@ import safetensors.torch
 import torch
 
 from weightnorm.port import PortError, convert, load_checkpoint
+
+from ._guards import both_weight_norm_styles
 
 
 def _bits(tensor: torch.Tensor) -> bytes:
@@ -252,12 +253,7 @@ def test_a_like_of_none_is_a_clear_type_error():
 
 
 def test_both_torch_weight_norm_styles_in_one_layer_are_refused():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        old = torch.nn.utils.weight_norm(torch.nn.Linear(3, 4))
-    state = dict(old.state_dict())
-    state["parametrizations.weight.original0"] = state["weight_g"] * 2
-    state["parametrizations.weight.original1"] = state["weight_v"] * 2
+    state = both_weight_norm_styles()
     like = {"params": {"kernel": np.zeros((3, 4), np.float32), "bias": np.zeros(4, np.float32)}}
     with pytest.raises(PortError, match="hold the same parameter 'weight'") as caught:
         convert(state, src="torch", dst="linen", like=like)

@@ -8,7 +8,6 @@ two cores); `-k "not killed"` leaves it out.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -32,32 +31,9 @@ import torch
 import weightnorm
 from weightnorm.port import load_checkpoint, load_safetensors, load_torch, save_safetensors
 
+from ._guards import deadline, umask
+
 ROOT = Path(weightnorm.__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def _umask(mask: int):
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-@contextlib.contextmanager
-def _deadline(seconds: int):
-    """Fails (instead of hanging) when the block blocks, e.g. opening a FIFO."""
-
-    def expire(signum, frame):
-        raise AssertionError(f"blocked for {seconds} s (opened a FIFO?)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _entries(directory: Path) -> list[str]:
@@ -102,11 +78,11 @@ def test_save_refuses_hard_links_fifos_devices_and_directories_even_with_overwri
     assert (tmp_path / "a.safetensors").read_text() == "shared"
     assert os.stat(tmp_path / "a.safetensors").st_ino == os.stat(tmp_path / "b.safetensors").st_ino
     os.mkfifo(tmp_path / "fifo")
-    with _deadline(20), pytest.raises(ValueError, match=r"/fifo' is not a regular file"):
+    with deadline(20), pytest.raises(ValueError, match=r"/fifo' is not a regular file"):
         save_safetensors(flat, tmp_path / "fifo", overwrite=True)
     assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
     (tmp_path / "null").symlink_to(os.devnull)
-    with _deadline(20), pytest.raises(ValueError, match=r"symbolic link to '/dev/null'.*not a reg"):
+    with deadline(20), pytest.raises(ValueError, match=r"symbolic link to '/dev/null'.*not a reg"):
         save_safetensors(flat, tmp_path / "null", overwrite=True)
     assert (tmp_path / "null").is_symlink()
     (tmp_path / "dir.safetensors").mkdir()
@@ -123,7 +99,7 @@ def test_save_refuses_hard_links_fifos_devices_and_directories_even_with_overwri
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_new_files_get_the_mode_the_umask_gives(tmp_path, mask):
-    with _umask(mask):
+    with umask(mask):
         save_safetensors({"w": np.ones(1, np.float32)}, tmp_path / "w.safetensors")
     assert stat.S_IMODE(os.stat(tmp_path / "w.safetensors").st_mode) == 0o666 & ~mask
 
@@ -155,7 +131,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeypa
     assert _entries(tmp_path) == ["w.safetensors"]
     assert (tmp_path / "w.safetensors").read_text() == "old"
     monkeypatch.setattr(_safetensors.SafetensorsWriter, "write", write)
-    with _umask(0o022):
+    with umask(0o022):
         save_safetensors(flat, tmp_path / "w.safetensors", overwrite=True)
     assert _entries(tmp_path) == ["w.safetensors"]
     assert stat.S_IMODE(os.stat(tmp_path / "w.safetensors").st_mode) == 0o644
@@ -273,7 +249,7 @@ def test_a_truncated_torch_file_and_a_fifo_are_refused_with_their_names(tmp_path
     with pytest.raises(ValueError, match=r"cut.pt' is not a readable PyTorch checkpoint: \w"):
         load_checkpoint(tmp_path / "cut.pt")
     os.mkfifo(tmp_path / "pipe.pt")
-    with _deadline(20), pytest.raises(ValueError, match=r"pipe.pt' is not a regular file"):
+    with deadline(20), pytest.raises(ValueError, match=r"pipe.pt' is not a regular file"):
         load_checkpoint(tmp_path / "pipe.pt")
 
 

@@ -122,6 +122,35 @@ class CallRecorder:
         return out
 
 
+class RecordingWrapper:
+    """Stands in for a wrapper in the copy of a model that data-dependent init runs.
+
+    Calls the wrapper's normalized layer (`wrapper.normalized_layer()`, a fresh
+    layer) with a `CallRecorder` in place of each submodule whose outputs are
+    wanted: `recorded` lists each one's path in the layer and its name. How a path
+    is replaced is the framework's: `place`.
+    """
+
+    def __init__(
+        self,
+        wrapper: Any,
+        recorded: list[tuple[tuple[Any, ...], str]],
+        calls: list[tuple[str, Any]],
+    ) -> None:
+        self.wrapper, self.recorded, self.calls = wrapper, recorded, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self.wrapper.normalized_layer()
+        for path, name in self.recorded:
+            record = lambda node, name=name: CallRecorder(node, name, self.calls)  # noqa: E731
+            layer = self.place(layer, path, record)
+        return layer(*args, **kwargs)
+
+    def place(self, layer: Any, path: tuple[Any, ...], record: Callable[[Any], Any]) -> Any:
+        """`layer` with its submodule at `path` (`()`: itself) replaced by `record(it)`."""
+        raise NotImplementedError
+
+
 #: `(flat params, layer paths) -> [(layer path, output), ...]` in call order.
 Runner = Callable[[dict[str, Any], set[str]], list[tuple[str, Any]]]
 

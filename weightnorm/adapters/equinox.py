@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from .. import core
 from ._common import (
-    CallRecorder,
     NormalizedWeight,
+    RecordingWrapper,
     data_dependent_init_in_order,
     wrapper_weights,
 )
@@ -394,31 +394,11 @@ def weight_norms(model: Any) -> list[NormalizedWeight]:
     return found
 
 
-class _Recording:
-    """Stands in for a wrapper in the copy of a model that data-dependent init runs.
+class _Recording(RecordingWrapper):
+    """A wrapper's stand-in; paths are key paths, replaced with `eqx.tree_at`."""
 
-    Calls the wrapper's normalized layer with a `CallRecorder` in place of each
-    module whose outputs are wanted (`recorded`: its key path in the layer and
-    its name); the model itself is never changed.
-    """
-
-    def __init__(
-        self,
-        wrapper: WeightNorm,
-        recorded: list[tuple[tuple[Any, ...], str]],
-        calls: list[tuple[str, Any]],
-    ) -> None:
-        self.wrapper, self.recorded, self.calls = wrapper, recorded, calls
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        layer = self.wrapper.normalized_layer()
-        for key_path, name in self.recorded:
-            record = lambda node, name=name: CallRecorder(node, name, self.calls)  # noqa: E731
-            if key_path:
-                layer = eqx.tree_at(_at(key_path), layer, replace_fn=record)
-            else:
-                layer = record(layer)
-        return layer(*args, **kwargs)
+    def place(self, layer: Any, path: tuple[Any, ...], record: Callable[[Any], Any]) -> Any:
+        return eqx.tree_at(_at(path), layer, replace_fn=record) if path else record(layer)
 
 
 def data_dependent_init(model: Any, batch: Any, *, epsilon: float = 1e-6) -> Any:

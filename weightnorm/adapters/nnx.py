@@ -28,8 +28,8 @@ import jax.numpy as jnp
 
 from .. import core
 from ._common import (
-    CallRecorder,
     NormalizedWeight,
+    RecordingWrapper,
     data_dependent_init_in_order,
     wrapper_weights,
 )
@@ -554,33 +554,15 @@ def weight_norms(node: nnx.Module | nnx.State) -> list[NormalizedWeight]:
     return found
 
 
-class _Recording:
-    """Stands in for a wrapper in the copy of a model that data-dependent init runs.
+class _Recording(RecordingWrapper):
+    """A wrapper's stand-in; paths are graph paths, replaced in place (the layer is a copy)."""
 
-    Calls the wrapper's normalized layer (a fresh copy of its layer) with a
-    `CallRecorder` in place of each submodule whose outputs are wanted
-    (`recorded`: its graph path in the layer and its name).
-    """
-
-    def __init__(
-        self,
-        wrapper: WeightNorm,
-        recorded: list[tuple[tuple[Any, ...], str]],
-        calls: list[tuple[str, Any]],
-    ) -> None:
-        self.wrapper, self.recorded, self.calls = wrapper, recorded, calls
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        layer = self.wrapper.normalized_layer()
-        for path, name in self.recorded:
-            if not path:
-                layer = CallRecorder(layer, name, self.calls)
-            else:
-                parent = _at(layer, path[:-1])
-                _set_child(
-                    parent, path[-1], CallRecorder(_child(parent, path[-1]), name, self.calls)
-                )
-        return layer(*args, **kwargs)
+    def place(self, layer: Any, path: tuple[Any, ...], record: Callable[[Any], Any]) -> Any:
+        if not path:
+            return record(layer)
+        parent = _at(layer, path[:-1])
+        _set_child(parent, path[-1], record(_child(parent, path[-1])))
+        return layer
 
 
 def data_dependent_init(
